@@ -1,0 +1,119 @@
+"""main.py's logic: Lightning's CLI, a folder per run, fit, then test with the best checkpoint."""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from imgclf.artifacts import RunArtifacts
+from imgclf.data import ImageDataModule
+from imgclf.errors import UserError
+from imgclf.model import ImageClassifier
+
+RUN_DIR_ENV = "IMGCLF_RUN_DIR"  # DDP's re-launched ranks inherit it, so every rank names the same folder
+DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
+
+
+def new_run_dir(runs_dir: Path, dataset: str, network: str) -> Path:
+    """A fresh folder runs/<time>-<dataset>-<network>; rank 0 makes it and points runs/latest at it."""
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = runs_dir / f"{stamp}-{dataset}-{network}"
+    suffix = 1
+    while run_dir.exists():  # two runs started in the same second
+        suffix += 1
+        run_dir = runs_dir / f"{stamp}-{dataset}-{network}-{suffix}"
+    os.environ[RUN_DIR_ENV] = str(run_dir)
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True)
+        point_latest_at(run_dir)
+    return run_dir
+
+
+def point_latest_at(run_dir: Path) -> None:
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(latest)  # atomic: runs/latest never dangles or vanishes
+
+
+def check_checkpoint(path: str, model: torch.nn.Module) -> None:
+    """Refuse a checkpoint that is missing, unreadable or of another network, before training starts."""
+    if not Path(path).is_file():
+        raise UserError(f"Checkpoint {path} does not exist. Pass a .ckpt file written by a run "
+                        f"(for example runs/latest/last.ckpt) to --ckpt_path.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    except Exception as e:
+        raise UserError(f"Cannot read checkpoint {path} ({type(e).__name__}: {e}). It is corrupt or not a "
+                        f"Lightning checkpoint; pass a .ckpt file written by a run of main.py.") from e
+    expected = model.state_dict()
+    wrong = [k for k, v in expected.items() if k not in state or state[k].shape != v.shape]
+    unexpected = [k for k in state if k not in expected]
+    if wrong or unexpected:
+        raise UserError(
+            f"Checkpoint {path} does not fit the network {model.hparams.network!r} with "
+            f"{model.hparams.num_classes} classes and {model.hparams.in_channels} input channels "
+            f"({len(wrong)} parameters missing or of another shape, e.g. {(wrong or unexpected)[:3]}). "
+            f"Use the config the checkpoint was trained with (its run folder holds config.yaml)."
+        )
+
+
+class ImageClassificationCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None,
+                            help="Resume training from this checkpoint (e.g. runs/latest/last.ckpt).")
+        parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of the run folders.")
+        for key in DATA_TO_MODEL:
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config
+        self.run_dir = new_run_dir(Path(config.runs_dir), config.data.dataset, config.model.network)
+        config.trainer.default_root_dir = str(self.run_dir)
+        if config.trainer.logger in (None, True):
+            config.trainer.logger = {
+                "class_path": "lightning.pytorch.loggers.CSVLogger",
+                "init_args": {"save_dir": str(self.run_dir), "name": "", "version": ""},
+            }
+
+    def instantiate_trainer(self, **kwargs):
+        self.checkpoint = ModelCheckpoint(
+            dirpath=self.run_dir, filename="best", monitor="val/acc", mode="max",
+            save_last=True, auto_insert_metric_name=False,
+        )
+        self.artifacts = RunArtifacts(self.run_dir)
+        extra = kwargs.pop("callbacks", None) or []
+        return super().instantiate_trainer(callbacks=[*extra, self.checkpoint, self.artifacts], **kwargs)
+
+
+def main(args: list[str] | None = None, default_config: Path | None = None) -> Path:
+    """Fit, test with the best checkpoint, write the run's artifacts; returns the run folder."""
+    cli = ImageClassificationCLI(
+        ImageClassifier,
+        ImageDataModule,
+        run=False,
+        args=args,
+        seed_everything_default=0,
+        save_config_kwargs={"config_filename": "config.yaml", "overwrite": True},
+        parser_kwargs={"default_config_files": [str(default_config)] if default_config else []},
+    )
+    ckpt_path = cli.config.ckpt_path
+    if ckpt_path:
+        check_checkpoint(ckpt_path, cli.model)
+    has_val = len(cli.datamodule.hparams) and cli.datamodule.val_fraction > 0
+    if not has_val:  # nothing to rank checkpoints by: keep and test the last one
+        cli.checkpoint.monitor = None
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if has_val else "last")
+    if cli.trainer.is_global_zero:
+        print(f"\nRun folder: {cli.run_dir}  (also runs/latest)", file=sys.stderr)
+    return cli.run_dir

@@ -1,0 +1,135 @@
+"""What the project knows about each dataset: classes, normalization, augmentation, where its files live.
+
+Lookup order for files (see DESIGN.md): the data folder, then torchvision's download where the dataset
+allows it, then a `UserError` naming the `dvc pull` to run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imgclf.augment import AugmentPolicy
+from imgclf.data import readers
+from imgclf.data.readers import ImageArrays
+from imgclf.errors import UserError
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    classes: tuple[str, ...]
+    mean: tuple[float, ...]  # per channel, on the 0-1 scale
+    std: tuple[float, ...]
+    image_size: tuple[int, int]  # (height, width)
+    augment: AugmentPolicy
+    read: Callable[[Path, bool], ImageArrays]
+    is_present: Callable[[Path], bool]
+    download: Callable[[Path], None] | None = None
+    extra_roots: tuple[Path, ...] = field(default_factory=tuple)  # searched after data/<name>
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+    def locate(self, root: str | Path | None, data_dir: str | Path = "data") -> Path:
+        """The folder to read: `root` when given, else data/<name>, else a known system location."""
+        if root is not None:
+            return Path(root)
+        default = Path(data_dir) / self.name
+        for candidate in (default, *self.extra_roots):
+            if self.is_present(candidate):
+                return candidate
+        return default
+
+    def fetch(self, root: Path) -> None:
+        """Make sure the files are under `root`: download them where allowed, else explain what to do."""
+        if self.is_present(root):
+            return
+        missing = f"The {self.name} dataset was not found in {root}/."
+        pull = f"Fetch it with `dvc pull data/{self.name}.dvc` (or put the files there, or set --data.root)."
+        if self.download is None:
+            raise UserError(f"{missing} {pull}")
+        try:
+            self.download(root)
+        except Exception as e:  # no network, DNS failure, HTTP error, checksum mismatch...
+            raise UserError(f"{missing} Downloading it through torchvision failed ({type(e).__name__}: {e}). "
+                            f"{pull}") from e
+        if not self.is_present(root):
+            raise UserError(f"{missing} The download finished but the files are still missing. {pull}")
+
+
+def _digits_present(root: Path) -> bool:
+    return True  # ships inside scikit-learn
+
+
+def _fashion_mnist_present(root: Path) -> bool:
+    return all(readers.find_idx_file(root, stem) is not None
+               for pair in readers.FASHION_MNIST_FILES.values() for stem in pair)
+
+
+def _cifar10_present(root: Path) -> bool:
+    folder = root / readers.CIFAR10_FOLDER
+    return all((folder / name).is_file()
+               for name in ["batches.meta", *readers.CIFAR10_BATCHES[True], *readers.CIFAR10_BATCHES[False]])
+
+
+def _download_fashion_mnist(root: Path) -> None:
+    from torchvision.datasets import FashionMNIST
+
+    FashionMNIST(str(root), download=True)  # writes root/FashionMNIST/raw/*, which find_idx_file reads
+
+
+def _download_cifar10(root: Path) -> None:
+    from torchvision.datasets import CIFAR10
+
+    CIFAR10(str(root), download=True)  # writes root/cifar-10-batches-py/, md5-checked by torchvision
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        DatasetSpec(
+            name="digits",
+            classes=tuple(str(i) for i in range(10)),
+            mean=(0.3053,), std=(0.3759,),
+            image_size=(8, 8),
+            augment=AugmentPolicy(translate=1),
+            read=lambda root, train: readers.read_digits(train),
+            is_present=_digits_present,
+        ),
+        DatasetSpec(
+            name="fashion_mnist",
+            classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+            mean=(0.2860,), std=(0.3530,),
+            image_size=(28, 28),
+            augment=AugmentPolicy(flip=True, translate=2),
+            read=readers.read_fashion_mnist,
+            is_present=_fashion_mnist_present,
+            download=_download_fashion_mnist,
+            extra_roots=(DEBIAN_FASHION_MNIST,),
+        ),
+        DatasetSpec(
+            name="cifar10",
+            classes=("airplane", "automobile", "bird", "cat", "deer",
+                     "dog", "frog", "horse", "ship", "truck"),
+            mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+            image_size=(32, 32),
+            augment=AugmentPolicy(flip=True, translate=4),
+            read=readers.read_cifar10,
+            is_present=_cifar10_present,
+            download=_download_cifar10,
+        ),
+    ]
+}
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    if name not in DATASETS:
+        raise UserError(f"Unknown dataset {name!r}. Choose one of: {', '.join(DATASETS)} "
+                        f"(set it with --data.dataset NAME or in the config's data: section).")
+    return DATASETS[name]

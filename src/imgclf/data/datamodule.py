@@ -1,0 +1,140 @@
+"""The LightningDataModule: pick a dataset by name, split it, serve batches, augment them on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from imgclf.data.catalog import get_dataset
+from imgclf.data.loaders import InMemoryBatches
+from imgclf.data.readers import ImageArrays
+from imgclf.errors import UserError
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Deterministic split of range(n) into (train, val) indices, both sorted; depends only on n and seed."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise UserError(f"--data.val_fraction must be in [0, 1), got {val_fraction}.")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = round(n * val_fraction)
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Image classification data, chosen by name.
+
+    Args:
+        dataset: digits (bundled with scikit-learn, offline), fashion_mnist or cifar10.
+        root: folder holding the dataset's files; default data/<dataset> (Fashion-MNIST also looks in
+            /usr/share/datasets/fashion-mnist, where Debian's dataset-fashion-mnist puts it).
+        batch_size: training batch size per device (under DDP the global batch is this times the devices).
+        eval_batch_size: validation/test batch size per device.
+        val_fraction: share of the official training set held out for validation.
+        split_seed: seed of the train/val split (kept apart from the training seed on purpose).
+        augment: apply the dataset's training augmentation (none at evaluation, ever).
+        data_dir: parent folder of the per-dataset folders.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "digits",
+        root: str | None = None,
+        batch_size: int = 64,
+        eval_batch_size: int = 1024,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        augment: bool = True,
+        data_dir: str = "data",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = get_dataset(dataset)
+        if batch_size < 2 or eval_batch_size < 1:
+            raise UserError(f"--data.batch_size must be >= 2 (BatchNorm needs two images), got {batch_size}.")
+        self.root = self.spec.locate(root, data_dir)
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_fraction, self.split_seed, self.augment = val_fraction, split_seed, augment
+        self.splits: dict[str, ImageArrays] = {}
+
+    # What the model needs to know about the data (linked into the model's arguments by the CLI).
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.spec.classes)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.classes)
+
+    @property
+    def in_channels(self) -> int:
+        return self.spec.channels
+
+    @property
+    def image_size(self) -> list[int]:
+        return list(self.spec.image_size)
+
+    @property
+    def mean(self) -> list[float]:
+        return list(self.spec.mean)
+
+    @property
+    def std(self) -> list[float]:
+        return list(self.spec.std)
+
+    def prepare_data(self) -> None:
+        self.spec.fetch(self.root)  # runs once per node (rank 0): the only place that may download
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        self.spec.fetch(self.root)  # on other ranks: a clear error if rank 0's download did not land
+        full_train = self.spec.read(self.root, True)
+        train_idx, val_idx = split_train_val(len(full_train), self.val_fraction, self.split_seed)
+        splits = {"train": full_train.subset(train_idx), "val": full_train.subset(val_idx),
+                  "test": self.spec.read(self.root, False)}
+        for name, split in splits.items():
+            if split.labels.numel() and int(split.labels.max()) >= self.num_classes:
+                raise UserError(f"The {name} split of {self.spec.name} in {self.root} holds label "
+                                f"{int(split.labels.max())}, but the dataset has {self.num_classes} classes.")
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        # Small datasets live on the training device as uint8: no host-to-device copy per step.
+        self.splits = {name: ImageArrays(s.images.to(device), s.labels.to(device)) for name, s in splits.items()}
+
+    def _batches(self, split: str, train: bool) -> InMemoryBatches:
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return InMemoryBatches(
+            self.splits[split],
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            # seed_everything gives every rank the same initial seed, hence the same permutation to shard.
+            seed=torch.initial_seed() % 2**31,
+            rank=rank,
+            world_size=world,
+            epoch=lambda: self.trainer.current_epoch if self.trainer else 0,
+        )
+
+    def train_dataloader(self) -> InMemoryBatches:
+        return self._batches("train", train=True)
+
+    def val_dataloader(self) -> InMemoryBatches:
+        if not len(self.splits["val"]):
+            return []
+        return self._batches("val", train=False)
+
+    def test_dataloader(self) -> InMemoryBatches:
+        return self._batches("test", train=False)
+
+    def predict_dataloader(self) -> InMemoryBatches:
+        return self._batches("test", train=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        training = self.trainer is not None and self.trainer.training
+        if not (self.augment and training and isinstance(batch, (tuple, list))):
+            return batch  # evaluation batches, and the model summary's example input, pass unchanged
+        images, labels = batch
+        return self.spec.augment(images), labels
+
+    def describe(self) -> str:
+        return f"{self.spec.name} from {Path(self.root)}"

@@ -1,0 +1,132 @@
+"""The LightningModule: network + loss + optimizer/schedule + torchmetrics for train, val and test."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from imgclf.networks import PixelNormalize, build_network
+
+
+def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "acc_top5": MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro"),
+            "f1_macro": MulticlassF1Score(num_classes, average="macro"),
+        },
+        prefix=prefix,
+    )
+
+
+class ImageClassifier(L.LightningModule):
+    """Classifies raw-pixel images (0-255); normalization is the first layer, so exports take raw pixels.
+
+    Args:
+        network: architecture name (see imgclf.networks.NETWORKS).
+        optimizer: sgd (Nesterov momentum) or adamw.
+        lr: peak learning rate of the one-cycle schedule.
+        weight_decay: applied to weights only, not to biases and norm parameters.
+        momentum: SGD momentum (ignored by AdamW).
+        label_smoothing: cross-entropy label smoothing.
+        schedule: onecycle (warm up then anneal, sized from the trainer's step count) or constant.
+        warmup_fraction: share of the steps spent warming up in the one-cycle schedule.
+        num_classes, in_channels, image_size, mean, std, class_names: describe the data; the CLI fills
+            them from the DataModule, and they are saved in the checkpoint for export.
+    """
+
+    def __init__(
+        self,
+        network: str = "small_cnn",
+        optimizer: Literal["sgd", "adamw"] = "adamw",
+        lr: float = 3e-3,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        label_smoothing: float = 0.0,
+        schedule: Literal["onecycle", "constant"] = "onecycle",
+        warmup_fraction: float = 0.25,
+        num_classes: int = 10,
+        in_channels: int = 1,
+        image_size: tuple[int, int] = (8, 8),
+        mean: tuple[float, ...] = (0.5,),
+        std: tuple[float, ...] = (0.5,),
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.normalize = PixelNormalize(list(mean), list(std))
+        self.net = build_network(network, in_channels, num_classes)
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_metrics = classification_metrics(num_classes, "val/")
+        self.test_metrics = classification_metrics(num_classes, "test/")
+        self.test_confmat = MulticlassConfusionMatrix(num_classes)
+        self.test_confusion: torch.Tensor | None = None  # filled at the end of testing, for the artifacts
+        self.example_input_array = torch.zeros(1, in_channels, *image_size, dtype=torch.uint8)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(self.normalize(images))
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = self._loss(logits, labels)
+        self.train_acc(logits, labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
+        return loss
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection):
+        images, labels = batch
+        logits = self(images)
+        # Metric objects sync their counts across ranks: each image counts once, also under DDP.
+        metrics.update(logits, labels)
+        self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, sync_dist=True,
+                 batch_size=len(labels))
+        self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
+        return logits
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._evaluate(batch, "val", self.val_metrics)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        logits = self._evaluate(batch, "test", self.test_metrics)
+        self.test_confmat.update(logits, batch[1])
+
+    def on_test_epoch_end(self) -> None:
+        self.test_confusion = self.test_confmat.compute().cpu()
+        self.test_confmat.reset()
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self(batch[0]).softmax(dim=-1)
+
+    def configure_optimizers(self):
+        decay = [p for p in self.parameters() if p.ndim > 1]
+        no_decay = [p for p in self.parameters() if p.ndim <= 1]
+        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        if hp.schedule == "constant":
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=hp.lr, total_steps=int(self.trainer.estimated_stepping_batches),
+            pct_start=hp.warmup_fraction,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def network_module(self) -> nn.Module:
+        """The whole inference path (normalization + network), as exported."""
+        return nn.Sequential(self.normalize, self.net)
