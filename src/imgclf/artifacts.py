@@ -6,6 +6,7 @@ Written by a callback on global rank 0 only, so a DDP run writes each file once.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -60,13 +61,26 @@ def save_training_curves(metrics_csv: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def point_latest_at(run_dir: Path) -> None:
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(latest)  # atomic: runs/latest never dangles or vanishes
+
+
 class RunArtifacts(L.Callback):
-    """Writes the run's artifacts into `folder` at the end of testing (global rank 0)."""
+    """Creates the run folder when training starts and writes the run's artifacts into it at the end of
+    testing (global rank 0 only)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.fit_seconds: float | None = None
         self._fit_start = 0.0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            point_latest_at(self.folder)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()

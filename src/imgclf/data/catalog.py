@@ -45,13 +45,13 @@ class DatasetSpec:
                 return candidate
         return default
 
-    def fetch(self, root: Path) -> None:
+    def fetch(self, root: Path, download: bool = True) -> None:
         """Make sure the files are under `root`: download them where allowed, else explain what to do."""
         if self.is_present(root):
             return
         missing = f"The {self.name} dataset was not found in {root}/."
         pull = f"Fetch it with `dvc pull data/{self.name}.dvc` (or put the files there, or set --data.root)."
-        if self.download is None:
+        if self.download is None or not download:
             raise UserError(f"{missing} {pull}")
         try:
             self.download(root)

@@ -35,6 +35,7 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: seed of the train/val split (kept apart from the training seed on purpose).
         augment: apply the dataset's training augmentation (none at evaluation, ever).
         data_dir: parent folder of the per-dataset folders.
+        download: let torchvision download a missing dataset (where the dataset allows it).
     """
 
     def __init__(
@@ -47,6 +48,7 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: int = 0,
         augment: bool = True,
         data_dir: str = "data",
+        download: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -84,12 +86,12 @@ class ImageDataModule(L.LightningDataModule):
         return list(self.spec.std)
 
     def prepare_data(self) -> None:
-        self.spec.fetch(self.root)  # runs once per node (rank 0): the only place that may download
+        self.spec.fetch(self.root, self.hparams.download)  # once per node (rank 0): the only download
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
-        self.spec.fetch(self.root)  # on other ranks: a clear error if rank 0's download did not land
+        self.spec.fetch(self.root, download=False)  # a clear error if rank 0's download did not land
         full_train = self.spec.read(self.root, True)
         train_idx, val_idx = split_train_val(len(full_train), self.val_fraction, self.split_seed)
         splits = {"train": full_train.subset(train_idx), "val": full_train.subset(val_idx),
