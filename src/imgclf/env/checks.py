@@ -1,0 +1,152 @@
+"""The checks check_env.py runs: software, GPUs and their compute, distributed all-reduce, data and DVC."""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from imgclf.env.arch import arch_verdict
+from imgclf.env.probe import TIMEOUT_ENV
+from imgclf.env.report import Check, ChildResult, finish, start_python
+
+PACKAGES = ["torch", "lightning", "torchvision", "torchmetrics", "jsonargparse", "onnx", "onnxruntime",
+            "dvc", "scikit-learn", "pandas"]
+UV_SYNC = "Run `uv sync` in the project folder, then start the script with `uv run check_env.py`."
+WORLD_SIZE = 2
+
+
+def software_checks() -> list[Check]:
+    version = ".".join(map(str, sys.version_info[:3]))
+    checks = [
+        Check("software", "python", "PASS" if sys.version_info >= (3, 11) else "FAIL",
+              f"{version} ({sys.executable})",
+              "" if sys.version_info >= (3, 11) else "The project needs Python 3.11 or newer; " + UV_SYNC),
+        Check("software", "os", "PASS", platform.platform(), info={"machine": platform.machine()}),
+    ]
+    for name in PACKAGES:
+        try:
+            found = metadata.version(name)
+            checks.append(Check("software", name, "PASS", found, info={"version": found}))
+        except metadata.PackageNotFoundError:
+            checks.append(Check("software", name, "FAIL", "not installed", UV_SYNC, {"version": None}))
+    return checks
+
+
+def nvidia_smi() -> list[str]:
+    """GPU names and driver versions as the driver reports them (empty without a driver)."""
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=15).stdout
+    except (subprocess.TimeoutExpired, OSError):
+        return []
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def _no_gpu(probe: dict[str, Any], smi: list[str], require_gpu: bool) -> Check:
+    cuda = probe["cuda_build"]
+    notes = "; ".join(probe["warnings"])
+    if cuda is None:
+        return Check("gpu", "gpus", "FAIL" if smi or require_gpu else "WARN",
+                     f"torch {probe['torch']} is a CPU-only build" + (f" but the driver sees {smi}" if smi else ""),
+                     "Install the CUDA build of torch: point uv at the https://download.pytorch.org/whl/cuXYZ "
+                     "index matching your driver with [[tool.uv.index]] (explicit = true) and [tool.uv.sources], "
+                     "then run `uv sync` (see the README's 'Checking the environment').")
+    if smi:  # the machine has GPUs, torch cannot use them: training would silently run on the CPU
+        return Check("gpu", "gpus", "FAIL", f"nvidia-smi lists {smi} but torch (CUDA {cuda}) sees no GPU"
+                     + (f": {notes}" if notes else ""),
+                     f"Update the NVIDIA driver to one that supports CUDA {cuda} or install a torch build for the "
+                     f"CUDA version `nvidia-smi` shows, and check that CUDA_VISIBLE_DEVICES is not empty.")
+    return Check("gpu", "gpus", "FAIL" if require_gpu else "WARN",
+                 f"no NVIDIA GPU or driver found (torch {probe['torch']} built for CUDA {cuda}); training runs "
+                 f"on the CPU", "Run on a machine with an NVIDIA GPU and its driver installed (`nvidia-smi` must "
+                 "list the GPU)" + ("." if require_gpu else ", or leave it: CPU training works, only slower."))
+
+
+def _matmul_check(name: str, results: list[dict[str, Any]], error: str | None, unit: float) -> Check:
+    parts = [f"{r['kind']} {r['n']}x{r['n']}: {r['tflops'] * 1e12 / unit:.1f} {'TFLOP/s' if unit == 1e12 else 'GFLOP/s'}"
+             f" (rel err {r['rel_err']:.0e})" for r in results]
+    wrong = [r for r in results if not r["rel_err"] <= r["tolerance"]]  # `not <=` also catches NaN
+    if error or wrong:
+        cause = error or "; ".join(f"{r['kind']} {r['n']}: rel err {r['rel_err']:.1e} > {r['tolerance']:.0e}"
+                                   for r in wrong)
+        return Check("gpu", name, "FAIL", f"matrix product failed: {cause}",
+                     "See the kernels line above for a build mismatch; otherwise the GPU or driver is faulty: "
+                     "update the driver and run `nvidia-smi -q` to check for errors.", {"matmul": results})
+    return Check("gpu", name, "PASS", ", ".join(parts) + " vs CPU float64", info={"matmul": results})
+
+
+def gpu_checks(probe: ChildResult, smi: list[str], require_gpu: bool) -> list[Check]:
+    if probe.result is None:
+        return [Check("gpu", "torch/cuda", "FAIL", f"the torch/CUDA probe {probe.error}",
+                      "Run `uv run python -c \"import torch; torch.cuda.init()\"` to see the error; " + UV_SYNC)]
+    p = probe.result
+    checks = [Check("gpu", "cuda build", "PASS",
+                    f"torch {p['torch']}: CUDA {p['cuda_build']}, cuDNN {p['cudnn']}, kernels for "
+                    f"{' '.join(p['arch_list']) or 'no GPU'}",
+                    info={k: p[k] for k in ("torch", "cuda_build", "hip", "cudnn", "arch_list", "warnings")})]
+    if not p["devices"]:
+        checks.append(_no_gpu(p, smi, require_gpu))
+        checks[-1].info = {"count": 0, "nvidia_smi": smi}
+        checks.append(_matmul_check("cpu compute", [p["cpu_matmul"]], None, 1e9))
+        return checks
+    checks.append(Check("gpu", "gpus", "PASS", f"{len(p['devices'])} visible, driver: {'; '.join(smi) or '?'}",
+                        info={"count": len(p["devices"]), "nvidia_smi": smi}))
+    for d in p["devices"]:
+        cap = tuple(d["capability"])
+        checks.append(Check("gpu", f"gpu{d['index']}", "PASS",
+                            f"{d['name']}, capability {cap[0]}.{cap[1]}, {d['memory_gib']} GiB, "
+                            f"bf16 {'yes' if d['bf16'] else 'no'}, TF32 {'yes' if d['tf32'] else 'no'}",
+                            info={k: d[k] for k in ("name", "capability", "memory_gib", "bf16", "tf32")}))
+        status, detail, fix = arch_verdict(cap, p["arch_list"])
+        checks.append(Check("gpu", f"gpu{d['index']} kernels", status, detail, fix))
+        checks.append(_matmul_check(f"gpu{d['index']} compute", d["matmul"], d.get("error"), 1e12))
+    return checks
+
+
+def start_allreduce(timeout: float) -> list:
+    """Start the ranks of the smoke test as separate processes that meet over TCP, as DDP's ranks do."""
+    with socket.socket() as s:  # a free port, the way Lightning picks MASTER_PORT
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": str(WORLD_SIZE),
+           TIMEOUT_ENV: str(timeout)}
+    code = "from imgclf.env.probe import allreduce_worker; allreduce_worker()"
+    return [start_python(code, {**env, "RANK": str(rank)}) for rank in range(WORLD_SIZE)]
+
+
+def distributed_checks(probe: ChildResult, ranks: list[ChildResult]) -> list[Check]:
+    checks = []
+    if probe.result is not None:
+        p = probe.result
+        nccl = f"nccl {'available' if p['nccl_available'] else 'MISSING'}" + (
+            f" ({p['nccl_version']})" if p["nccl_version"] else "")
+        missing_nccl = bool(p["devices"]) and not p["nccl_available"]
+        checks.append(Check("distributed", "backends", "FAIL" if missing_nccl or not p["gloo_available"] else "PASS",
+                            f"gloo {'available' if p['gloo_available'] else 'MISSING'}, {nccl}",
+                            "Install torch's Linux CUDA build (it ships NCCL and gloo) with `uv sync`."
+                            if missing_nccl or not p["gloo_available"] else "",
+                            {k: p[k] for k in ("gloo_available", "nccl_available", "nccl_version")}))
+    errors = [f"rank {i} {r.error}" for i, r in enumerate(ranks) if r.result is None]
+    results = [r.result for r in ranks if r.result is not None]
+    expected = WORLD_SIZE * (WORLD_SIZE + 1) / 2  # rank r contributes r + 1
+    if errors or any(r["sum"] != expected for r in results):
+        detail = "; ".join(errors) or f"sums {[r['sum'] for r in results]}, expected {expected:g}"
+        checks.append(Check("distributed", "all-reduce", "FAIL", f"{WORLD_SIZE}-process all-reduce: {detail}",
+                            "Rerun with NCCL_DEBUG=INFO TORCH_DISTRIBUTED_DEBUG=DETAIL to see why; on a machine "
+                            "with several network interfaces set GLOO_SOCKET_IFNAME=lo (NCCL_SOCKET_IFNAME for nccl).",
+                            {"ranks": results}))
+    else:
+        checks.append(Check("distributed", "all-reduce", "PASS",
+                            f"{results[0]['backend']}, {WORLD_SIZE} processes (pids "
+                            f"{', '.join(str(r['pid']) for r in results)}), sum {results[0]['sum']:g} == "
+                            f"{expected:g} in {max(r['seconds'] for r in results):.1f} s",
+                            info={"backend": results[0]["backend"], "ranks": results}))
+    return checks
