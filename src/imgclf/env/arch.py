@@ -60,7 +60,8 @@ def uv_index_fix(version: Capability, why: str) -> str:
     return (f"{why}: in pyproject.toml add a [[tool.uv.index]] with name = \"pytorch-{tag}\", "
             f"url = \"https://download.pytorch.org/whl/{tag}\" and explicit = true, map torch and "
             f"torchvision to it under [tool.uv.sources] (torch = {{ index = \"pytorch-{tag}\" }}), then run "
-            f"`uv sync` (the NVIDIA driver must support CUDA {version[0]}.{version[1]}; `nvidia-smi` shows it).")
+            f"`uv sync` (the NVIDIA driver must support CUDA {version[0]}.{version[1]}; "
+            f"`nvidia-smi` shows it).")
 
 
 def torch_build_fix(capability: Capability, arch_list: Sequence[str]) -> str:
@@ -68,20 +69,20 @@ def torch_build_fix(capability: Capability, arch_list: Sequence[str]) -> str:
     sm = f"sm_{capability[0]}{capability[1]}"
     native = [parsed[1] for parsed in map(parse_arch, arch_list) if parsed and parsed[0] == "sm"]
     if native and capability < min(native):  # newer CUDA builds drop old GPUs: go back, not forward
-        return uv_index_fix(OLDEST_TORCH_CUDA, f"This torch build starts at sm_{min(native)[0]}{min(native)[1]}, "
-                            f"so install an older CUDA build that still ships {sm} (check its "
-                            f"torch.cuda.get_arch_list())")
+        oldest = f"sm_{min(native)[0]}{min(native)[1]}"
+        return uv_index_fix(OLDEST_TORCH_CUDA, f"This torch build starts at {oldest}, so install an older "
+                            f"CUDA build that still ships {sm} (check its torch.cuda.get_arch_list())")
     if capability <= (9, 0):
         needed = OLDEST_TORCH_CUDA
     elif capability in FIRST_CUDA:
         needed = max(FIRST_CUDA[capability], OLDEST_TORCH_CUDA)
     else:
-        return (f"Compute capability {capability[0]}.{capability[1]} is newer than this checker knows: install "
-                f"the newest CUDA build of torch (https://pytorch.org/get-started/locally/) whose "
+        return (f"Compute capability {capability[0]}.{capability[1]} is newer than this checker knows: "
+                f"install the newest CUDA build of torch (https://pytorch.org/get-started/locally/) whose "
                 f"torch.cuda.get_arch_list() lists {sm}, pointing uv at its index with [[tool.uv.index]] "
                 f"(explicit = true) and [tool.uv.sources], then run `uv sync`.")
-    return uv_index_fix(needed, f"Install torch built for CUDA {needed[0]}.{needed[1]} or newer, which has {sm} "
-                                f"kernels")
+    why = f"Install torch built for CUDA {needed[0]}.{needed[1]} or newer, which has {sm} kernels"
+    return uv_index_fix(needed, why)
 
 
 def arch_verdict(capability: Capability, arch_list: Sequence[str]) -> tuple[Verdict, str, str]:
@@ -89,7 +90,7 @@ def arch_verdict(capability: Capability, arch_list: Sequence[str]) -> tuple[Verd
     cap = f"{capability[0]}.{capability[1]}"
     if not any(parse_arch(entry) for entry in arch_list):
         return ("WARN", f"the torch build lists no CUDA architectures ({', '.join(arch_list) or 'none'})",
-                "Install a CUDA build of torch with `uv sync`; a CPU-only or ROCm build cannot be checked here.")
+                "Install a CUDA build of torch with `uv sync`; a CPU-only or ROCm build cannot be checked.")
     how = {entry: runs_on(entry, capability) for entry in arch_list}
     native = [entry for entry, mode in how.items() if mode == "native"]
     jit = [entry for entry, mode in how.items() if mode == "jit"]
@@ -98,7 +99,7 @@ def arch_verdict(capability: Capability, arch_list: Sequence[str]) -> tuple[Verd
         return "PASS", f"capability {cap} runs the build's {native[-1]} kernels (build: {listed})", ""
     fix = torch_build_fix(capability, arch_list)
     if jit:
-        return ("WARN", f"no sm kernels for capability {cap}: the driver JIT-compiles the build's {jit[-1]} PTX "
-                        f"(minutes at first start-up, slower kernels; build: {listed})", fix)
-    return ("FAIL", f"this torch build has no kernels for capability {cap} (build: {listed}); CUDA calls fail "
-                    f"with 'no kernel image is available for execution on the device'", fix)
+        return ("WARN", f"no sm kernels for capability {cap}: the driver JIT-compiles the build's {jit[-1]} "
+                        f"PTX (minutes at first start-up, slower kernels; build: {listed})", fix)
+    return ("FAIL", f"this torch build has no kernels for capability {cap} (build: {listed}); CUDA calls "
+                    f"fail with 'no kernel image is available for execution on the device'", fix)

@@ -8,12 +8,11 @@ import socket
 import subprocess
 import sys
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
 from imgclf.env.arch import arch_verdict
 from imgclf.env.probe import TIMEOUT_ENV
-from imgclf.env.report import Check, ChildResult, finish, start_python
+from imgclf.env.report import Check, ChildResult, start_python
 
 PACKAGES = ["torch", "lightning", "torchvision", "torchmetrics", "jsonargparse", "onnx", "onnxruntime",
             "dvc", "scikit-learn", "pandas"]
@@ -50,43 +49,48 @@ def nvidia_smi() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+CPU_ONLY_FIX = ("Install the CUDA build of torch: point uv at the https://download.pytorch.org/whl/cuXYZ "
+                "index matching your driver with [[tool.uv.index]] (explicit = true) and [tool.uv.sources], "
+                "then run `uv sync` (see the README's 'Checking the environment').")
+FAULTY_FIX = ("See the kernels line above for a build mismatch; otherwise the GPU or driver is faulty: "
+              "update the driver and run `nvidia-smi -q` to look for errors.")
+
+
 def _no_gpu(probe: dict[str, Any], smi: list[str], require_gpu: bool) -> Check:
-    cuda = probe["cuda_build"]
-    notes = "; ".join(probe["warnings"])
+    cuda, torch = probe["cuda_build"], probe["torch"]
     if cuda is None:
+        seen = f", but the driver sees {smi}" if smi else ""
         return Check("gpu", "gpus", "FAIL" if smi or require_gpu else "WARN",
-                     f"torch {probe['torch']} is a CPU-only build" + (f" but the driver sees {smi}" if smi else ""),
-                     "Install the CUDA build of torch: point uv at the https://download.pytorch.org/whl/cuXYZ "
-                     "index matching your driver with [[tool.uv.index]] (explicit = true) and [tool.uv.sources], "
-                     "then run `uv sync` (see the README's 'Checking the environment').")
+                     f"torch {torch} is a CPU-only build{seen}", CPU_ONLY_FIX)
     if smi:  # the machine has GPUs, torch cannot use them: training would silently run on the CPU
-        return Check("gpu", "gpus", "FAIL", f"nvidia-smi lists {smi} but torch (CUDA {cuda}) sees no GPU"
-                     + (f": {notes}" if notes else ""),
-                     f"Update the NVIDIA driver to one that supports CUDA {cuda} or install a torch build for the "
-                     f"CUDA version `nvidia-smi` shows, and check that CUDA_VISIBLE_DEVICES is not empty.")
-    return Check("gpu", "gpus", "FAIL" if require_gpu else "WARN",
-                 f"no NVIDIA GPU or driver found (torch {probe['torch']} built for CUDA {cuda}); training runs "
-                 f"on the CPU", "Run on a machine with an NVIDIA GPU and its driver installed (`nvidia-smi` must "
-                 "list the GPU)" + ("." if require_gpu else ", or leave it: CPU training works, only slower."))
+        notes = "".join(f": {w}" for w in probe["warnings"])
+        fix = (f"Update the NVIDIA driver to one that supports CUDA {cuda} or install a torch build for the "
+               f"CUDA version `nvidia-smi` shows, and check that CUDA_VISIBLE_DEVICES is set right.")
+        found = f"nvidia-smi lists {smi} but torch (CUDA {cuda}) sees no GPU{notes}"
+        return Check("gpu", "gpus", "FAIL", found, fix)
+    fix = "Run on a machine with an NVIDIA GPU and its driver (`nvidia-smi` must list the GPU)" + (
+        "." if require_gpu else ", or leave it: CPU training works, only slower.")
+    found = f"no NVIDIA GPU or driver found (torch {torch}, CUDA {cuda} build); training runs on the CPU"
+    return Check("gpu", "gpus", "FAIL" if require_gpu else "WARN", found, fix)
 
 
 def _matmul_check(name: str, results: list[dict[str, Any]], error: str | None, unit: float) -> Check:
-    parts = [f"{r['kind']} {r['n']}x{r['n']}: {r['tflops'] * 1e12 / unit:.1f} {'TFLOP/s' if unit == 1e12 else 'GFLOP/s'}"
-             f" (rel err {r['rel_err']:.0e})" for r in results]
+    label = "TFLOP/s" if unit == 1e12 else "GFLOP/s"
+    parts = [f"{r['kind']} {r['n']}x{r['n']}: {r['tflops'] * 1e12 / unit:.1f} {label} "
+             f"(rel err {r['rel_err']:.0e})" for r in results]
     wrong = [r for r in results if not r["rel_err"] <= r["tolerance"]]  # `not <=` also catches NaN
     if error or wrong:
         cause = error or "; ".join(f"{r['kind']} {r['n']}: rel err {r['rel_err']:.1e} > {r['tolerance']:.0e}"
                                    for r in wrong)
-        return Check("gpu", name, "FAIL", f"matrix product failed: {cause}",
-                     "See the kernels line above for a build mismatch; otherwise the GPU or driver is faulty: "
-                     "update the driver and run `nvidia-smi -q` to check for errors.", {"matmul": results})
+        return Check("gpu", name, "FAIL", f"matrix product failed: {cause}", FAULTY_FIX, {"matmul": results})
     return Check("gpu", name, "PASS", ", ".join(parts) + " vs CPU float64", info={"matmul": results})
 
 
 def gpu_checks(probe: ChildResult, smi: list[str], require_gpu: bool) -> list[Check]:
     if probe.result is None:
         return [Check("gpu", "torch/cuda", "FAIL", f"the torch/CUDA probe {probe.error}",
-                      "Run `uv run python -c \"import torch; torch.cuda.init()\"` to see the error; " + UV_SYNC)]
+                      "Run `uv run python -c \"import torch; torch.cuda.init()\"` to see the error; "
+                      + UV_SYNC)]
     p = probe.result
     checks = [Check("gpu", "cuda build", "PASS",
                     f"torch {p['torch']}: CUDA {p['cuda_build']}, cuDNN {p['cudnn']}, kernels for "
@@ -97,7 +101,8 @@ def gpu_checks(probe: ChildResult, smi: list[str], require_gpu: bool) -> list[Ch
         checks[-1].info = {"count": 0, "nvidia_smi": smi}
         checks.append(_matmul_check("cpu compute", [p["cpu_matmul"]], None, 1e9))
         return checks
-    checks.append(Check("gpu", "gpus", "PASS", f"{len(p['devices'])} visible, driver: {'; '.join(smi) or '?'}",
+    driver = "; ".join(smi) or "?"
+    checks.append(Check("gpu", "gpus", "PASS", f"{len(p['devices'])} visible, driver: {driver}",
                         info={"count": len(p["devices"]), "nvidia_smi": smi}))
     for d in p["devices"]:
         cap = tuple(d["capability"])
@@ -128,11 +133,11 @@ def distributed_checks(probe: ChildResult, ranks: list[ChildResult]) -> list[Che
         p = probe.result
         nccl = f"nccl {'available' if p['nccl_available'] else 'MISSING'}" + (
             f" ({p['nccl_version']})" if p["nccl_version"] else "")
-        missing_nccl = bool(p["devices"]) and not p["nccl_available"]
-        checks.append(Check("distributed", "backends", "FAIL" if missing_nccl or not p["gloo_available"] else "PASS",
+        broken = (bool(p["devices"]) and not p["nccl_available"]) or not p["gloo_available"]
+        checks.append(Check("distributed", "backends", "FAIL" if broken else "PASS",
                             f"gloo {'available' if p['gloo_available'] else 'MISSING'}, {nccl}",
                             "Install torch's Linux CUDA build (it ships NCCL and gloo) with `uv sync`."
-                            if missing_nccl or not p["gloo_available"] else "",
+                            if broken else "",
                             {k: p[k] for k in ("gloo_available", "nccl_available", "nccl_version")}))
     errors = [f"rank {i} {r.error}" for i, r in enumerate(ranks) if r.result is None]
     results = [r.result for r in ranks if r.result is not None]
@@ -140,8 +145,9 @@ def distributed_checks(probe: ChildResult, ranks: list[ChildResult]) -> list[Che
     if errors or any(r["sum"] != expected for r in results):
         detail = "; ".join(errors) or f"sums {[r['sum'] for r in results]}, expected {expected:g}"
         checks.append(Check("distributed", "all-reduce", "FAIL", f"{WORLD_SIZE}-process all-reduce: {detail}",
-                            "Rerun with NCCL_DEBUG=INFO TORCH_DISTRIBUTED_DEBUG=DETAIL to see why; on a machine "
-                            "with several network interfaces set GLOO_SOCKET_IFNAME=lo (NCCL_SOCKET_IFNAME for nccl).",
+                            "Rerun with NCCL_DEBUG=INFO TORCH_DISTRIBUTED_DEBUG=DETAIL to see why; on a "
+                            "machine with several network interfaces set GLOO_SOCKET_IFNAME=lo "
+                            "(NCCL_SOCKET_IFNAME for nccl).",
                             {"ranks": results}))
     else:
         checks.append(Check("distributed", "all-reduce", "PASS",

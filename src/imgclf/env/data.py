@@ -13,8 +13,8 @@ def dataset_checks(data_dir: Path) -> list[Check]:
     try:
         from imgclf.data.catalog import DATASETS
     except Exception as e:  # a missing or broken package must not stop the other checks
-        return [Check("data", "datasets", "FAIL", f"cannot load the dataset catalog ({type(e).__name__}: {e})",
-                      UV_SYNC)]
+        return [Check("data", "datasets", "FAIL",
+                      f"cannot load the dataset catalog ({type(e).__name__}: {e})", UV_SYNC)]
     checks = []
     for spec in DATASETS.values():
         where = spec.locate(None, data_dir)
@@ -45,9 +45,9 @@ def dvc_remote_check(root: Path) -> Check:
     default = config["core"].get("remote")
     info = {"remotes": remotes, "default": default}
     if not remotes:
-        return Check("data", "dvc remote", "WARN", "no DVC remote configured: data and models stay on this machine",
-                     "Add one with `dvc remote add -d storage s3://BUCKET/PATH` (plus `dvc remote modify storage "
-                     "endpointurl URL` for a local S3), then `dvc push`.", info)
+        return Check("data", "dvc remote", "WARN", "no DVC remote configured: data and models stay here",
+                     "Add one with `dvc remote add -d storage s3://BUCKET/PATH` (plus `dvc remote modify "
+                     "storage endpointurl URL` for a local S3), then `dvc push`.", info)
     if default not in remotes:
         return Check("data", "dvc remote", "WARN", f"remotes {', '.join(remotes)} but no default one",
                      f"Pick the default with `dvc remote default {next(iter(remotes))}`.", info)

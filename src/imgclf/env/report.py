@@ -51,7 +51,7 @@ def render_text(checks: list[Check]) -> str:
 
 
 def render_json(checks: list[Check], require_gpu: bool) -> str:
-    """One object: {ok, exit_code, require_gpu, counts, checks: {section: {name: {status, detail, fix, info}}}}."""
+    """One object: {ok, exit_code, require_gpu, counts, checks: {section: {name: {status, detail, ...}}}}."""
     sections: dict[str, dict[str, Any]] = {}
     for c in checks:
         sections.setdefault(c.section, {})[c.name] = {"status": c.status, "detail": c.detail,
