@@ -11,7 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from imgclf.env import report
+try:
+    from imgclf.env import report
+except ImportError:  # plain `python3 check_env.py` outside the project's environment
+    sys.exit("error: the imgclf package is not importable from this Python. Run `uv sync` in the project "
+             "folder, then `uv run check_env.py`.")
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

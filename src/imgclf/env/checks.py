@@ -12,11 +12,10 @@ from typing import Any
 
 from imgclf.env.arch import arch_verdict
 from imgclf.env.probe import TIMEOUT_ENV
-from imgclf.env.report import Check, ChildResult, start_python
+from imgclf.env.report import UV_SYNC, Check, ChildResult, start_python
 
 PACKAGES = ["torch", "lightning", "torchvision", "torchmetrics", "jsonargparse", "onnx", "onnxruntime",
             "dvc", "scikit-learn", "pandas"]
-UV_SYNC = "Run `uv sync` in the project folder, then start the script with `uv run check_env.py`."
 WORLD_SIZE = 2
 
 
@@ -86,15 +85,21 @@ def _matmul_check(name: str, results: list[dict[str, Any]], error: str | None, u
     return Check("gpu", name, "PASS", ", ".join(parts) + " vs CPU float64", info={"matmul": results})
 
 
+def _child_fix(error: str, otherwise: str) -> str:
+    return UV_SYNC if "ModuleNotFoundError" in error or "ImportError" in error else otherwise
+
+
 def gpu_checks(probe: ChildResult, smi: list[str], require_gpu: bool) -> list[Check]:
     if probe.result is None:
-        return [Check("gpu", "torch/cuda", "FAIL", f"the torch/CUDA probe {probe.error}",
-                      "Run `uv run python -c \"import torch; torch.cuda.init()\"` to see the error; "
-                      + UV_SYNC)]
+        fix = _child_fix(probe.error, "Run `uv run python -c \"import torch; torch.cuda.init()\"` to see the "
+                                      "whole error; if that hangs or crashes, reinstall the NVIDIA driver.")
+        return [Check("gpu", "torch/cuda", "FAIL", f"the torch/CUDA probe {probe.error}", fix)]
     p = probe.result
-    checks = [Check("gpu", "cuda build", "PASS",
-                    f"torch {p['torch']}: CUDA {p['cuda_build']}, cuDNN {p['cudnn']}, kernels for "
-                    f"{' '.join(p['arch_list']) or 'no GPU'}",
+    if p["cuda_build"]:
+        build = f"CUDA {p['cuda_build']}, cuDNN {p['cudnn']}, kernels for {' '.join(p['arch_list'])}"
+    else:
+        build = f"ROCm {p['hip']}" if p["hip"] else "CPU-only build"
+    checks = [Check("gpu", "cuda build", "PASS", f"torch {p['torch']}: {build}",
                     info={k: p[k] for k in ("torch", "cuda_build", "hip", "cudnn", "arch_list", "warnings")})]
     if not p["devices"]:
         checks.append(_no_gpu(p, smi, require_gpu))
@@ -144,11 +149,11 @@ def distributed_checks(probe: ChildResult, ranks: list[ChildResult]) -> list[Che
     expected = WORLD_SIZE * (WORLD_SIZE + 1) / 2  # rank r contributes r + 1
     if errors or any(r["sum"] != expected for r in results):
         detail = "; ".join(errors) or f"sums {[r['sum'] for r in results]}, expected {expected:g}"
+        fix = _child_fix(detail, "Rerun with NCCL_DEBUG=INFO TORCH_DISTRIBUTED_DEBUG=DETAIL to see why; on a "
+                                 "machine with several network interfaces set GLOO_SOCKET_IFNAME=lo "
+                                 "(NCCL_SOCKET_IFNAME for nccl).")
         checks.append(Check("distributed", "all-reduce", "FAIL", f"{WORLD_SIZE}-process all-reduce: {detail}",
-                            "Rerun with NCCL_DEBUG=INFO TORCH_DISTRIBUTED_DEBUG=DETAIL to see why; on a "
-                            "machine with several network interfaces set GLOO_SOCKET_IFNAME=lo "
-                            "(NCCL_SOCKET_IFNAME for nccl).",
-                            {"ranks": results}))
+                            fix, {"ranks": results}))
     else:
         checks.append(Check("distributed", "all-reduce", "PASS",
                             f"{results[0]['backend']}, {WORLD_SIZE} processes (pids "

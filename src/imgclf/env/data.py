@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imgclf.env.report import Check
-
-UV_SYNC = "Run `uv sync` in the project folder, then start the script with `uv run check_env.py`."
+from imgclf.env.report import UV_SYNC, Check
 
 
 def dataset_checks(data_dir: Path) -> list[Check]:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 Status = Literal["PASS", "WARN", "FAIL"]
 RESULT_MARK = "IMGCLF_ENV_RESULT "  # prefixes the child's JSON line, so library chatter on stdout is ignored
+UV_SYNC = "Run `uv sync` in the project folder, then start the script with `uv run check_env.py`."
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding imgclf/, for child processes
 
 
