@@ -6,6 +6,7 @@ processes, started together and killed at the timeout, so a broken driver cannot
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from imgclf.env.checks import distributed_checks, gpu_checks, nvidia_smi, software_checks, start_allreduce
@@ -20,11 +21,12 @@ def check_environment(root: Path, require_gpu: bool = False, timeout: float = 90
     software = software_checks()
     probe_proc = start_python("from imgclf.env.probe import probe_torch; probe_torch()")
     rank_procs = start_allreduce(timeout)
+    deadline = time.monotonic() + timeout  # one for all children: they run side by side
     # The parent's own checks run while the children import torch.
     data = dataset_checks(root / "data") + [dvc_remote_check(root)]
     smi = nvidia_smi()
-    probe = finish(probe_proc, timeout)
-    ranks = [finish(proc, timeout) for proc in rank_procs]
+    probe = finish(probe_proc, timeout, deadline)
+    ranks = [finish(proc, timeout, deadline) for proc in rank_procs]
     return software + gpu_checks(probe, smi, require_gpu) + distributed_checks(probe, ranks) + data
 
 

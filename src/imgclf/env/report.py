@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -77,10 +78,11 @@ def start_python(code: str, extra_env: dict[str, str] | None = None) -> subproce
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def finish(proc: subprocess.Popen, timeout: float) -> ChildResult:
-    """Wait for the child at most `timeout` seconds; kill its whole process group when it overruns."""
+def finish(proc: subprocess.Popen, timeout: float, deadline: float | None = None) -> ChildResult:
+    """Wait until `deadline` (time.monotonic), else `timeout` seconds; then kill the child's process group."""
+    wait = timeout if deadline is None else max(0.0, deadline - time.monotonic())
     try:
-        out, err = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=wait)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # its own session (start_new_session), so only its processes
         proc.communicate()
