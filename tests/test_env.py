@@ -108,6 +108,19 @@ def test_no_usable_gpu(smi, require_gpu, status):
     assert found["cpu compute"].status == "PASS" and "GFLOP/s" in found["cpu compute"].detail
 
 
+def test_allreduce_failures_are_reported():
+    rank0 = ChildResult({"rank": 0, "pid": 11, "backend": "gloo", "sum": 3.0, "seconds": 0.1}, "")
+    killed = ChildResult(None, "did not finish within 5 s and was killed")
+    wrong = ChildResult({"rank": 1, "pid": 12, "backend": "gloo", "sum": 2.0, "seconds": 0.1}, "")
+    for ranks, expected in [([rank0, killed], "rank 1 did not finish"), ([rank0, wrong], "expected 3")]:
+        found = by_name(checks.distributed_checks(fake_probe([], []), ranks))
+        assert found["all-reduce"].status == "FAIL" and expected in found["all-reduce"].detail
+        assert "NCCL_DEBUG=INFO" in found["all-reduce"].fix
+    right = ChildResult({**wrong.result, "sum": 3.0}, "")
+    found = by_name(checks.distributed_checks(fake_probe([], []), [rank0, right]))
+    assert found["all-reduce"].status == "PASS"
+
+
 def test_hung_child_is_killed_at_the_timeout():
     start = time.perf_counter()
     result = finish(start_python("import time; time.sleep(60)"), timeout=1)

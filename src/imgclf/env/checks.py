@@ -121,7 +121,7 @@ def gpu_checks(probe: ChildResult, smi: list[str], require_gpu: bool) -> list[Ch
     return checks
 
 
-def start_allreduce(timeout: float) -> list:
+def start_allreduce(timeout: float) -> list[subprocess.Popen]:
     """Start the ranks of the smoke test as separate processes that meet over TCP, as DDP's ranks do."""
     with socket.socket() as s:  # a free port, the way Lightning picks MASTER_PORT
         s.bind(("127.0.0.1", 0))
@@ -144,6 +144,8 @@ def distributed_checks(probe: ChildResult, ranks: list[ChildResult]) -> list[Che
                             "Install torch's Linux CUDA build (it ships NCCL and gloo) with `uv sync`."
                             if broken else "",
                             {k: p[k] for k in ("gloo_available", "nccl_available", "nccl_version")}))
+    gpus = len(probe.result["devices"]) if probe.result else 0
+    why_gloo = f" (nccl needs a GPU per rank, {gpus} here)" if 0 < gpus < WORLD_SIZE else ""
     errors = [f"rank {i} {r.error}" for i, r in enumerate(ranks) if r.result is None]
     results = [r.result for r in ranks if r.result is not None]
     expected = WORLD_SIZE * (WORLD_SIZE + 1) / 2  # rank r contributes r + 1
@@ -156,7 +158,7 @@ def distributed_checks(probe: ChildResult, ranks: list[ChildResult]) -> list[Che
                             fix, {"ranks": results}))
     else:
         checks.append(Check("distributed", "all-reduce", "PASS",
-                            f"{results[0]['backend']}, {WORLD_SIZE} processes (pids "
+                            f"{results[0]['backend']}{why_gloo}, {WORLD_SIZE} processes (pids "
                             f"{', '.join(str(r['pid']) for r in results)}), sum {results[0]['sum']:g} == "
                             f"{expected:g} in {max(r['seconds'] for r in results):.1f} s",
                             info={"backend": results[0]["backend"], "ranks": results}))
