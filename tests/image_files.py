@@ -37,7 +37,7 @@ def annotation_struct(rows: list[tuple[int, int, int, int, int, str]]) -> np.nda
 
 def write_stanford_cars(root: Path, num_classes: int = 3, train_per_class: int = 4, test_per_class: int = 2,
                         nested: bool = True) -> Path:
-    """The devkit layout under root/stanford_cars/ (torchvision's) or root/ itself; returns the base folder."""
+    """The devkit layout in root/stanford_cars/ (torchvision's) or root/ itself; returns the base folder."""
     base = root / "stanford_cars" if nested else root
     rng = np.random.default_rng(0)
     (base / "devkit").mkdir(parents=True)
@@ -45,8 +45,9 @@ def write_stanford_cars(root: Path, num_classes: int = 3, train_per_class: int =
     for c in range(num_classes):
         names[0, c] = f"Maker Model{c} 20{10 + c}"
     scipy.io.savemat(base / "devkit" / "cars_meta.mat", {"class_names": names})
-    for split, per_class, annotations in [("cars_train", train_per_class, base / "devkit" / "cars_train_annos.mat"),
-                                          ("cars_test", test_per_class, base / "cars_test_annos_withlabels.mat")]:
+    splits = [("cars_train", train_per_class, base / "devkit" / "cars_train_annos.mat"),
+              ("cars_test", test_per_class, base / "cars_test_annos_withlabels.mat")]
+    for split, per_class, annotation_file in splits:
         (base / split).mkdir()
         rows = []
         for i in range(num_classes * per_class):
@@ -58,7 +59,7 @@ def write_stanford_cars(root: Path, num_classes: int = 3, train_per_class: int =
             car_image(width, height, (x1, y1, x2, y2), CAR_COLOURS[label - 1], rng).save(base / split / fname,
                                                                                            quality=90)
             rows.append((x1, y1, x2, y2, label, fname))
-        scipy.io.savemat(annotations, {"annotations": annotation_struct(rows)})
+        scipy.io.savemat(annotation_file, {"annotations": annotation_struct(rows)})
     return base
 
 

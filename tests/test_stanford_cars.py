@@ -113,6 +113,7 @@ def test_corrupt_mat_file(cars: Path) -> None:
         read_stanford_cars(cars, OPTIONS)
 
 
+@pytest.mark.slow
 def test_corrupt_image_stops_training_naming_the_file(cars: Path, tmp_path: Path) -> None:
     """End to end through main.py: exit status 1, the file named, no traceback."""
     bad = cars / "stanford_cars/cars_train/00003.jpg"
@@ -120,7 +121,8 @@ def test_corrupt_image_stops_training_naming_the_file(cars: Path, tmp_path: Path
     args = ["--config", "configs/stanford_cars.yaml", "--data.root", str(cars), "--data.input_size", "32",
             "--data.num_workers", "1", "--data.val_fraction", "0.25", "--model.network", "small_cnn",
             "--model.weights", "null", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
-            "--trainer.precision", "32", "--model.channels_last", "false", "--runs_dir", str(tmp_path / "runs")]
+            "--trainer.precision", "32", "--model.channels_last", "false",
+            "--runs_dir", str(tmp_path / "runs")]
     result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]

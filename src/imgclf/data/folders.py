@@ -59,22 +59,23 @@ def folder_classes(root: Path) -> list[str]:
 
 
 def read_image_folder(root: Path, options: SplitOptions) -> ImageFiles:
+    """Train/val/test files; val_fraction and test_fraction are shares of all images where split off."""
     classes = folder_classes(root)
-    if not is_split_layout(root):
-        rest, test = stratified_split(read_class_folders(root, classes), options.test_fraction, options.seed)
-        train, val = stratified_split(rest, options.val_fraction, options.seed)
-        return ImageFiles(classes, {"train": train, "val": val, "test": test})
-    splits = {}
-    for split in SPLITS[1:]:
-        if (root / split).is_dir():
-            unknown = sorted({p.name for p in class_folders(root / split)} - set(classes))
-            if unknown:
-                raise UserError(f"{root / split} has class folders {unknown} that {root / 'train'} lacks; "
-                                f"the classes come from train/. Rename or add them there.")
-            splits[split] = read_class_folders(root / split, classes)
-    train = read_class_folders(root / "train", classes)
+    splits, train_root = {}, root
+    if is_split_layout(root):
+        train_root = root / "train"
+        for split in SPLITS[1:]:
+            if (root / split).is_dir():
+                unknown = sorted({p.name for p in class_folders(root / split)} - set(classes))
+                if unknown:
+                    raise UserError(f"{root / split} has class folders {unknown} that {train_root} lacks; "
+                                    f"the classes come from train/. Rename or add them there.")
+                splits[split] = read_class_folders(root / split, classes)
+    train = read_class_folders(train_root, classes)
+    val_share = options.val_fraction
     if "test" not in splits:
         train, splits["test"] = stratified_split(train, options.test_fraction, options.seed)
+        val_share = options.val_fraction / (1 - options.test_fraction)  # a share of all, not of the rest
     if "val" not in splits:
-        train, splits["val"] = stratified_split(train, options.val_fraction, options.seed)
-    return ImageFiles(classes, {"train": train, **splits})
+        train, splits["val"] = stratified_split(train, val_share, options.seed)
+    return ImageFiles(classes, {"train": train, "val": splits["val"], "test": splits["test"]})
