@@ -9,7 +9,7 @@ import pytest
 import torch
 from image_files import FASHION_MNIST, write_colour_folder, write_fashion_mnist_folder
 
-from imgclf.cli import main
+from imgclf.cli import RUN_DIR_ENV, main
 from imgclf.data import ImageDataModule
 from imgclf.data.cache import build_cache, open_cache
 from imgclf.data.files import SplitOptions
@@ -17,6 +17,12 @@ from imgclf.data.folders import read_image_folder
 from imgclf.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def fresh_run_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """main() keeps its run folder in the environment (for DDP ranks): each in-process run needs its own."""
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
 OPTIONS = SplitOptions(val_fraction=0.2, test_fraction=0.2, seed=0)
 
 
