@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
 from imgclf.errors import UserError
@@ -60,7 +60,8 @@ def load_image(path: str | Path, metadata: ModelMetadata) -> np.ndarray:
         raise UserError(f"{path} does not exist; pass paths of PNG or JPEG files.")
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if metadata.in_channels == 1 else "RGB")
+            # Phone photos store their rotation in EXIF: apply it, or the model sees the image sideways.
+            image = ImageOps.exif_transpose(image).convert("L" if metadata.in_channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's errors for bad files
         raise UserError(f"{path} is not an image PIL can read ({type(e).__name__}: {e}); pass PNG or "
                         f"JPEG files (grayscale or RGB, any size).") from e

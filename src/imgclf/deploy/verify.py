@@ -119,6 +119,8 @@ def int8_figures(model_path: Path, float_logits: np.ndarray, labels: np.ndarray,
 def verify(model: str | Path = "model.onnx", ckpt: str | None = None, report: str | Path = "onnx_report.json",
            quantize: bool = False, threads: int = 1, latency_repeats: int = 50) -> dict:
     """Run every check, print a readable report, write it as JSON; the report's `passed` says the verdict."""
+    if threads < 1:
+        raise UserError(f"--threads must be 1 or more, got {threads}.")
     model_path = Path(model)
     session, metadata = open_session(model_path)
     proto = onnx.load(str(model_path))
