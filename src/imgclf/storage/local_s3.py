@@ -68,6 +68,7 @@ def check_ports_free(ports: dict[str, int]) -> None:
     for name, http_port in ports.items():
         for port in (http_port, http_port + GRPC_OFFSET):
             with socket.socket() as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT ok
                 try:
                     probe.bind(("127.0.0.1", port))
                 except OSError:
