@@ -125,7 +125,7 @@ def test_pull_in_fresh_clone_gives_identical_files_also_after_a_server_restart(p
     assert md5s(fresh, ["data/fashion_mnist", "model.onnx"]) == published
 
     local_s3.stop(folder)  # the objects live on disk: a restarted server still has them
-    local_s3.start(folder, int(s3.endpoint.rsplit(":", 1)[1]), s3.bucket)
+    local_s3.start(folder, s3.port, s3.bucket)
     again = clone(project, tmp_path / "again")
     local_s3.point_dvc_remote_at(s3, again)
     dvc("pull", *PUBLISHED, cwd=again)
@@ -151,17 +151,20 @@ def test_pull_fails_without_touching_local_files(project, server, published, tmp
     local_s3.stop(folder)
     try:
         result = dvc("pull", "--force", *PUBLISHED, cwd=work, check=False)
+        pushed = dvc("push", *PUBLISHED, cwd=project, check=False)
     finally:
-        local_s3.start(folder, int(s3.endpoint.rsplit(":", 1)[1]), s3.bucket)
-    assert result.returncode != 0
-    assert "connect" in result.stderr.lower(), result.stderr
+        local_s3.start(folder, s3.port, s3.bucket)
+    for failed in (result, pushed):
+        assert failed.returncode != 0
+        assert "could not connect" in failed.stderr.lower(), failed.stderr
     assert md5s(work, ["data/fashion_mnist", "model.onnx"]) == before
 
 
-def test_start_refuses_a_taken_port_and_stop_is_harmless_twice(server, tmp_path):
-    _, s3 = server
+def test_start_finds_its_running_server_refuses_a_taken_port_and_stops_only_its_own(server, tmp_path):
+    folder, s3 = server
+    assert local_s3.start(folder, s3.port, s3.bucket).pid == local_s3.running_server(folder).pid
     with pytest.raises(UserError, match="already in use"):
-        local_s3.start(tmp_path / "other", int(s3.endpoint.rsplit(":", 1)[1]), s3.bucket)
+        local_s3.start(tmp_path / "other", s3.port, s3.bucket)
     assert local_s3.stop(tmp_path / "other") is False
 
 

