@@ -128,9 +128,10 @@ def start(folder: Path, port: int, bucket: str, timeout: float = 60.0) -> LocalS
     folder = folder.resolve()
     folder.mkdir(parents=True, exist_ok=True)
     key, secret = load_credentials(folder)
-    if (process := running_server(folder)) is not None:
-        state = json.loads((folder / "server.json").read_text())
-        port = state["port"]
+    process = running_server(folder)
+    launched = process is None
+    if not launched:
+        port = json.loads((folder / "server.json").read_text())["port"]
     else:
         ports = component_ports(port)
         check_ports_free(ports)
@@ -152,10 +153,11 @@ def start(folder: Path, port: int, bucket: str, timeout: float = 60.0) -> LocalS
     while not bucket_reachable(server.endpoint, bucket, key, secret):
         exited = not process.is_running() or process.status() == psutil.STATUS_ZOMBIE
         if exited or time.monotonic() > deadline:
-            stop(folder)
+            if launched:  # never stop a server that was already running before this call
+                stop(folder)
             log_tail = (folder / "weed.log").read_text(errors="replace")[-2000:]
-            raise UserError(f"The local S3 server did not come up within {timeout:.0f} s; its log "
-                            f"({folder / 'weed.log'}) ends with:\n{log_tail}")
+            raise UserError(f"The local S3 server at {server.endpoint} did not serve bucket {bucket!r} "
+                            f"within {timeout:.0f} s; its log ({folder / 'weed.log'}) ends with:\n{log_tail}")
         time.sleep(0.2)
     return server
 
