@@ -15,13 +15,14 @@ from imgclf.artifacts import RunArtifacts
 from imgclf.data import ImageDataModule
 from imgclf.errors import UserError
 from imgclf.model import ImageClassifier
+from imgclf.tracking import DVCLiveConfusionMatrix, dvclive_logger_config
 
 RUN_DIR_ENV = "IMGCLF_RUN_DIR"  # DDP's re-launched ranks inherit it, so every rank names the same folder
 DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
 
 
-def new_run_dir(runs_dir: Path, dataset: str, network: str) -> Path:
-    """The name of a fresh folder runs/<time>-<dataset>-<network>.
+def new_run_dir(runs_dir: Path, dataset: str, network: str, run_name: str | None = None) -> Path:
+    """The name of a fresh folder runs/<time>-<dataset>-<network> (or runs/<run_name>).
 
     Only named here: `RunArtifacts` creates it when training starts, so a run refused for bad input
     leaves no empty folder behind and runs/latest keeps pointing at the last real run.
@@ -29,7 +30,10 @@ def new_run_dir(runs_dir: Path, dataset: str, network: str) -> Path:
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_dir / f"{stamp}-{dataset}-{network}"
+    run_dir = runs_dir / (run_name or f"{stamp}-{dataset}-{network}")
+    if run_name and run_dir.exists():  # a stable path (e.g. a DVC stage output, which DVC deletes first)
+        raise UserError(f"Run folder {run_dir} already exists and --run_name never overwrites a run. "
+                        f"Delete or rename it, or pick another --run_name.")
     suffix = 1
     while run_dir.exists():  # two runs started in the same second
         suffix += 1
@@ -65,18 +69,21 @@ class ImageClassificationCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume training from this checkpoint (e.g. runs/latest/last.ckpt).")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of the run folders.")
+        parser.add_argument("--run_name", type=str | None, default=None,
+                            help="Run folder name under runs_dir, instead of <time>-<dataset>-<network>.")
         for key in DATA_TO_MODEL:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config
-        self.run_dir = new_run_dir(Path(config.runs_dir), config.data.dataset, config.model.network)
+        self.run_dir = new_run_dir(Path(config.runs_dir), config.data.dataset, config.model.network,
+                                   config.run_name)
         config.trainer.default_root_dir = str(self.run_dir)
         if config.trainer.logger in (None, True):
-            config.trainer.logger = {
+            config.trainer.logger = [{
                 "class_path": "lightning.pytorch.loggers.CSVLogger",
                 "init_args": {"save_dir": str(self.run_dir), "name": "", "version": ""},
-            }
+            }, dvclive_logger_config(self.run_dir)]  # DVCLive feeds `dvc exp show` / `dvc plots`
 
     def instantiate_trainer(self, **kwargs):
         self.checkpoint = ModelCheckpoint(
@@ -85,7 +92,8 @@ class ImageClassificationCLI(LightningCLI):
         )
         self.artifacts = RunArtifacts(self.run_dir)
         extra = kwargs.pop("callbacks", None) or []
-        return super().instantiate_trainer(callbacks=[*extra, self.checkpoint, self.artifacts], **kwargs)
+        callbacks = [*extra, self.checkpoint, self.artifacts, DVCLiveConfusionMatrix()]
+        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
 
 
 def main(args: list[str] | None = None, default_config: Path | None = None) -> Path:

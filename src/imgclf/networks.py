@@ -36,12 +36,16 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 
 
 def small_cnn(in_channels: int, num_classes: int, width: int = 32) -> nn.Module:
-    """The seed project's small CNN, with BatchNorm: two conv blocks, then global pooling and a classifier."""
+    """The seed project's small CNN, with BatchNorm: two conv-pool blocks, then a two-layer classifier.
+
+    The classifier sees a 4x4 map rather than a global average: where a feature sits matters for
+    centred images like digits and clothes, and it learns markedly faster in the first epochs.
+    """
     return nn.Sequential(
-        conv_bn_relu(in_channels, width), conv_bn_relu(width, width), nn.MaxPool2d(2),
-        conv_bn_relu(width, 2 * width), conv_bn_relu(2 * width, 2 * width), nn.MaxPool2d(2),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-        nn.Dropout(0.2), nn.Linear(2 * width, num_classes),
+        conv_bn_relu(in_channels, width), nn.MaxPool2d(2),
+        conv_bn_relu(width, 2 * width), nn.MaxPool2d(2),
+        nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+        nn.Linear(2 * width * 16, 128), nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(128, num_classes),
     )
 
 

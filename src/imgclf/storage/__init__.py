@@ -1,0 +1,1 @@
+"""Where data and models are stored: the local S3 server for DVC."""

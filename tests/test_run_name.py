@@ -1,0 +1,17 @@
+"""--run_name: a stable run folder (DVC stage output) that is never overwritten."""
+
+import pytest
+
+from imgclf.cli import RUN_DIR_ENV, new_run_dir
+from imgclf.errors import UserError
+
+
+def test_run_name_gives_a_fixed_folder_and_refuses_an_existing_one(tmp_path, monkeypatch):
+    monkeypatch.delenv(RUN_DIR_ENV, raising=False)
+    run_dir = new_run_dir(tmp_path, "digits", "small_cnn", run_name="train")
+    assert run_dir == tmp_path / "train" and run_dir.is_dir()
+    (run_dir / "best.ckpt").write_bytes(b"weights")
+    monkeypatch.delenv(RUN_DIR_ENV)  # a new process, as the next `python main.py` would be
+    with pytest.raises(UserError, match="already exists"):
+        new_run_dir(tmp_path, "digits", "small_cnn", run_name="train")
+    assert (run_dir / "best.ckpt").read_bytes() == b"weights"
