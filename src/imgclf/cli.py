@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import torch
@@ -14,24 +14,41 @@ from lightning.pytorch.cli import LightningCLI
 
 from imgclf.artifacts import RunArtifacts
 from imgclf.data import ImageDataModule
+from imgclf.distributed import check_trainer, launcher_job_id, with_timeout
 from imgclf.errors import UserError
 from imgclf.model import ImageClassifier
 
 RUN_DIR_ENV = "IMGCLF_RUN_DIR"  # DDP's re-launched ranks inherit it, so every rank names the same folder
+_run_dir_set_here: str | None = None
 DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
 
 
 def new_run_dir(runs_dir: Path, dataset: str, network: str) -> Path:
-    """A fresh folder runs/<time>-<dataset>-<network>; rank 0 makes it and points runs/latest at it."""
-    if os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_dir / f"{stamp}-{dataset}-{network}"
-    suffix = 1
-    while run_dir.exists():  # two runs started in the same second
-        suffix += 1
-        run_dir = runs_dir / f"{stamp}-{dataset}-{network}-{suffix}"
-    os.environ[RUN_DIR_ENV] = str(run_dir)
+    """A fresh folder runs/<time or job id>-<dataset>-<network>, the same on every rank; rank 0 makes it
+    and points runs/latest at it.
+
+    Ranks that Lightning re-launches inherit the name through IMGCLF_RUN_DIR; ranks that torchrun or srun
+    start independently name it after the launcher's job id (their clocks can tick apart).
+    """
+    global _run_dir_set_here
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and inherited != _run_dir_set_here:  # not our own from an earlier main() in this process
+        return Path(inherited)
+    job_id = launcher_job_id()
+    if job_id:
+        run_dir = runs_dir / f"{job_id}-{dataset}-{network}"
+        if rank_zero_only.rank == 0 and run_dir.exists():
+            raise UserError(f"Run folder {run_dir} already exists: a job with the same id ran before. Start "
+                            f"the job with a new id (torchrun --rdzv-id, or a new SLURM job), or set "
+                            f"--runs_dir to another folder.")
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = runs_dir / f"{stamp}-{dataset}-{network}"
+        suffix = 1
+        while run_dir.exists():  # two runs started in the same second
+            suffix += 1
+            run_dir = runs_dir / f"{stamp}-{dataset}-{network}-{suffix}"
+    os.environ[RUN_DIR_ENV] = _run_dir_set_here = str(run_dir)
     if rank_zero_only.rank == 0:
         run_dir.mkdir(parents=True)
         point_latest_at(run_dir)
@@ -72,6 +89,9 @@ class ImageClassificationCLI(LightningCLI):
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume training from this checkpoint (e.g. runs/latest/last.ckpt).")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of the run folders.")
+        parser.add_argument("--ddp_timeout_s", type=int, default=600,
+                            help="Multi-process runs: seconds a rank waits for the others in a collective "
+                                 "before the job fails (applies to strategies given by name, e.g. ddp).")
         for key in DATA_TO_MODEL:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
@@ -91,8 +111,15 @@ class ImageClassificationCLI(LightningCLI):
             save_last=True, auto_insert_metric_name=False,
         )
         self.artifacts = RunArtifacts(self.run_dir)
-        extra = kwargs.pop("callbacks", None) or []
-        return super().instantiate_trainer(callbacks=[*extra, self.checkpoint, self.artifacts], **kwargs)
+        trainer_config = self.config_init.trainer
+        configured = trainer_config.callbacks or []  # --trainer.callbacks: passing callbacks= replaces them
+        configured = configured if isinstance(configured, list) else [configured]
+        strategy = with_timeout(trainer_config.strategy, timedelta(seconds=self.config.ddp_timeout_s))
+        trainer = super().instantiate_trainer(
+            callbacks=[*configured, self.checkpoint, self.artifacts], strategy=strategy, **kwargs
+        )
+        check_trainer(trainer, trainer_config.sync_batchnorm, self.datamodule.global_batch_size)
+        return trainer
 
 
 def main(args: list[str] | None = None, default_config: Path | None = None) -> Path:
