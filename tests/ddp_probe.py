@@ -45,14 +45,16 @@ class ShardRecorder(L.Callback):
 
 
 class FailOnRank(L.Callback):
-    """Breaks one rank at its third training step: raises, or hangs for `hang_s` seconds when it is > 0."""
+    """Breaks one rank at its third training step: raises, or hangs for `hang_s` seconds when it is > 0.
+    Writes the time it did so to `stamp_file`, so a test can tell how long the job lived on."""
 
-    def __init__(self, rank: int = 1, hang_s: float = 0.0) -> None:
-        self.rank, self.hang_s = rank, hang_s
+    def __init__(self, stamp_file: str, rank: int = 1, hang_s: float = 0.0) -> None:
+        self.stamp_file, self.rank, self.hang_s = Path(stamp_file), rank, hang_s
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         if trainer.global_rank != self.rank or trainer.current_epoch or batch_idx != 2:
             return
+        self.stamp_file.write_text(str(time.time()))
         if self.hang_s:
             time.sleep(self.hang_s)
         else:
