@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -252,12 +253,14 @@ def test_torchrun_ranks_agree_on_run_folder_and_shards_with_random_seeds(tmp_pat
     assert not shards[0] & shards[1] and len(shards[0] | shards[1]) == 1293
 
 
-def failing_run(tmp_path: Path, extra: list[str]) -> tuple[int, float, str]:
+def failing_run(tmp_path: Path, extra: list[str]) -> tuple[int, float | None, str]:
+    """Runs main.py with rank 1 broken; returns (exit code, seconds the job lived after the break, log)."""
     args = ["main.py", *DDP, *TINY, "--runs_dir", str(tmp_path / "runs"), "--trainer.max_epochs", "3",
             "--trainer.callbacks+=ddp_probe.FailOnRank", "--trainer.callbacks.stamp_file",
             str(tmp_path / "broken_at"), *extra]
     code, _ = run_main(args, tmp_path / "log.txt", timeout=300)
-    latency = time.time() - float((tmp_path / "broken_at").read_text())
+    stamp = tmp_path / "broken_at"
+    latency = time.time() - float(stamp.read_text()) if stamp.is_file() else None
     return code, latency, (tmp_path / "log.txt").read_text()
 
 
@@ -266,12 +269,22 @@ def test_a_failure_on_rank_1_ends_the_job_non_zero(tmp_path: Path) -> None:
     code, latency, log = failing_run(tmp_path, [])
     assert code != 0
     assert "failure forced on rank 1" in log
-    assert latency < 60, f"the job lived {latency:.0f} s after rank 1 failed"
+    assert latency is not None and latency < 60, f"the job lived {latency} s after rank 1 failed"
 
 
 @pytest.mark.slow
 def test_a_hung_rank_times_out_instead_of_hanging(tmp_path: Path) -> None:
-    """Rank 1 sleeps 10 minutes inside a step; rank 0's all-reduce must give up after --ddp_timeout_s."""
-    code, latency, log = failing_run(tmp_path, ["--trainer.callbacks.hang_s", "600", "--ddp_timeout_s", "30"])
+    """Rank 1 sleeps 10 minutes inside a training step; rank 0 must give up after --ddp_timeout_s.
+
+    Under heavy CPU contention rank 1 can take longer than the timeout to start and join the process group;
+    then the same timeout ends the job at the rendezvous instead, which this test accepts too.
+    """
+    timeout_s = 40
+    code, latency, log = failing_run(tmp_path, ["--trainer.callbacks.hang_s", "600",
+                                                "--ddp_timeout_s", str(timeout_s)])
     assert code != 0
-    assert latency < 30 + 60, f"the job lived {latency:.0f} s after rank 1 hung"
+    if latency is None:  # rank 1 never reached the step that hangs
+        assert re.search(r"Timed out after \d+ seconds waiting for clients", log), log[-3000:]
+    else:
+        assert f"Timed out waiting {timeout_s * 1000}ms" in log, log[-3000:]
+        assert latency < timeout_s + 60, f"the job lived {latency:.0f} s after rank 1 hung"
