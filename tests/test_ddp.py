@@ -238,10 +238,10 @@ def test_ddp_test_metrics_equal_a_single_device_test_of_the_best_checkpoint(ddp_
 
 
 @pytest.mark.slow
-def test_torchrun_ranks_agree_on_run_folder_and_shards_with_random_seeds(tmp_path: Path) -> None:
-    """torchrun starts both ranks itself; with `seed_everything: true` each draws its own seed."""
+def test_torchrun_ranks_agree_on_run_folder_and_shards_without_a_seed(tmp_path: Path) -> None:
+    """torchrun starts both ranks itself; with `seed_everything: false` each has its own random torch seed."""
     args = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "main.py", *DDP, *TINY,
-            "--seed_everything", "true", "--trainer.max_epochs", "1", "--runs_dir", str(tmp_path / "runs"),
+            "--seed_everything", "false", "--trainer.max_epochs", "1", "--runs_dir", str(tmp_path / "runs"),
             "--trainer.callbacks+=ddp_probe.ShardRecorder", "--trainer.callbacks.out_dir", str(tmp_path)]
     code, _ = run_main(args, tmp_path / "log.txt")
     assert code == 0, (tmp_path / "log.txt").read_text()[-3000:]

@@ -97,8 +97,8 @@ class ImageDataModule(L.LightningDataModule):
         if self.trainer:
             if self.global_batch_size is not None:
                 self.batch_size = per_device_batch_size(self.global_batch_size, self.trainer.world_size)
-            # Every rank must shuffle with the same permutation, or the shards overlap. Ranks that torchrun or
-            # srun start with a random seed (seed_everything: true) each draw their own, so take rank 0's.
+            # Every rank must shuffle with the same permutation, or the shards overlap. Without seed_everything
+            # each process starts from its own random torch seed, so all take rank 0's.
             self.shuffle_seed = self.trainer.strategy.broadcast(torch.initial_seed() % 2**31)
         if self.splits:
             return
