@@ -6,6 +6,7 @@ Written by a callback on global rank 0 only, so a DDP run writes each file once.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,12 +24,14 @@ def save_confusion_matrix(confusion: torch.Tensor, class_names: list[str], folde
     frame.index.name = "true\\predicted"
     frame.to_csv(folder / "confusion_matrix.csv")
     n = len(class_names)
-    size = max(5.0, 0.45 * n + 2)
+    size = min(max(5.0, 0.45 * n + 2), 20.0)  # 196 Stanford Cars classes still fit a readable page
     fig, ax = plt.subplots(figsize=(size, size))
     ax.imshow(confusion.numpy(), cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted", ylabel="true", title="Test confusion matrix")
-    ax.set_xticklabels(class_names, rotation=90)
-    ax.set_yticklabels(class_names)
+    ax.set(xlabel="predicted", ylabel="true", title="Test confusion matrix")
+    if n <= 50:  # past that, names overlap; the CSV holds them
+        ax.set(xticks=range(n), yticks=range(n))
+        ax.set_xticklabels(class_names, rotation=90)
+        ax.set_yticklabels(class_names)
     if n <= 20:  # counts stay readable up to about 20 classes
         threshold = confusion.max().item() / 2
         for (i, j), count in pd.DataFrame(confusion.numpy()).stack().items():
@@ -60,13 +63,26 @@ def save_training_curves(metrics_csv: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def point_latest_at(run_dir: Path) -> None:
+    latest = run_dir.parent / "latest"
+    tmp = run_dir.parent / f".latest-{os.getpid()}"
+    tmp.symlink_to(run_dir.name)
+    tmp.replace(latest)  # atomic: runs/latest never dangles or vanishes
+
+
 class RunArtifacts(L.Callback):
-    """Writes the run's artifacts into `folder` at the end of testing (global rank 0)."""
+    """Creates the run folder when training starts and writes the run's artifacts into it at the end of
+    testing (global rank 0 only)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.fit_seconds: float | None = None
         self._fit_start = 0.0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and trainer.is_global_zero:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            point_latest_at(self.folder)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()

@@ -19,21 +19,19 @@ from imgclf.errors import UserError
 from imgclf.model import ImageClassifier
 
 RUN_DIR_ENV = "IMGCLF_RUN_DIR"  # DDP's re-launched ranks inherit it, so every rank names the same folder
-_run_dir_set_here: str | None = None
 DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
 
 
 def new_run_dir(runs_dir: Path, dataset: str, network: str) -> Path:
-    """A fresh folder runs/<time or job id>-<dataset>-<network>, the same on every rank; rank 0 makes it
-    and points runs/latest at it.
+    """The name of a fresh folder runs/<time or job id>-<dataset>-<network>, the same on every rank.
 
-    Ranks that Lightning re-launches inherit the name through IMGCLF_RUN_DIR; ranks that torchrun or srun
-    start independently name it after the launcher's job id (their clocks can tick apart).
+    Only named here: `RunArtifacts` creates it when training starts, so a run refused for bad input
+    leaves no empty folder behind and runs/latest keeps pointing at the last real run. Ranks that Lightning
+    re-launches inherit the name through IMGCLF_RUN_DIR; ranks that torchrun or srun start independently
+    name it after the launcher's job id (their clocks can tick apart).
     """
-    global _run_dir_set_here
-    inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and inherited != _run_dir_set_here:  # not our own from an earlier main() in this process
-        return Path(inherited)
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
     job_id = launcher_job_id()
     if job_id:
         run_dir = runs_dir / f"{job_id}-{dataset}-{network}"
@@ -48,18 +46,8 @@ def new_run_dir(runs_dir: Path, dataset: str, network: str) -> Path:
         while run_dir.exists():  # two runs started in the same second
             suffix += 1
             run_dir = runs_dir / f"{stamp}-{dataset}-{network}-{suffix}"
-    os.environ[RUN_DIR_ENV] = _run_dir_set_here = str(run_dir)
-    if rank_zero_only.rank == 0:
-        run_dir.mkdir(parents=True)
-        point_latest_at(run_dir)
+    os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
-
-
-def point_latest_at(run_dir: Path) -> None:
-    latest = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest-{os.getpid()}"
-    tmp.symlink_to(run_dir.name)
-    tmp.replace(latest)  # atomic: runs/latest never dangles or vanishes
 
 
 def check_checkpoint(path: str, model: torch.nn.Module) -> None:
@@ -124,6 +112,15 @@ class ImageClassificationCLI(LightningCLI):
 
 def main(args: list[str] | None = None, default_config: Path | None = None) -> Path:
     """Fit, test with the best checkpoint, write the run's artifacts; returns the run folder."""
+    inherited_run_dir = os.environ.get(RUN_DIR_ENV)
+    try:
+        return fit_and_test(args, default_config)
+    finally:  # a later run in this process (tests, notebooks) must get a folder of its own
+        if inherited_run_dir is None:
+            os.environ.pop(RUN_DIR_ENV, None)
+
+
+def fit_and_test(args: list[str] | None, default_config: Path | None) -> Path:
     cli = ImageClassificationCLI(
         ImageClassifier,
         ImageDataModule,
@@ -136,11 +133,11 @@ def main(args: list[str] | None = None, default_config: Path | None = None) -> P
     ckpt_path = cli.config.ckpt_path
     if ckpt_path:
         check_checkpoint(ckpt_path, cli.model)
-    has_val = len(cli.datamodule.hparams) and cli.datamodule.val_fraction > 0
+    has_val = cli.datamodule.val_fraction > 0
     if not has_val:  # nothing to rank checkpoints by: keep and test the last one
         cli.checkpoint.monitor = None
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if has_val else "last")
     if cli.trainer.is_global_zero:
-        print(f"\nRun folder: {cli.run_dir}  (also runs/latest)", file=sys.stderr)
+        print(f"\nRun folder: {cli.run_dir}  (also {cli.run_dir.parent / 'latest'})", file=sys.stderr)
     return cli.run_dir

@@ -11,6 +11,8 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from imgclf.backbones import load_pretrained
+from imgclf.finetune import drop_backbone_grads, parameter_groups
 from imgclf.networks import PixelNormalize, build_network
 
 
@@ -39,6 +41,11 @@ class ImageClassifier(L.LightningModule):
         warmup_fraction: share of the steps spent warming up in the one-cycle schedule.
         num_classes, in_channels, image_size, mean, std, class_names: describe the data; the CLI fills
             them from the DataModule, and they are saved in the checkpoint for export.
+        weights: start a torchvision network from pretrained weights: "imagenet" (torchvision's, needs
+            the network once) or the path of a saved state_dict; loaded when fitting starts.
+        backbone_lr_scale: learning rate of everything but the classifier head, relative to lr.
+        freeze_backbone_epochs: train only the head for this many first epochs.
+        channels_last: NHWC memory layout, which tensor cores prefer (GPU, with bf16-mixed precision).
     """
 
     def __init__(
@@ -57,6 +64,10 @@ class ImageClassifier(L.LightningModule):
         mean: tuple[float, ...] = (0.5,),
         std: tuple[float, ...] = (0.5,),
         class_names: list[str] | None = None,
+        weights: str | None = None,
+        backbone_lr_scale: float = 1.0,
+        freeze_backbone_epochs: int = 0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -71,6 +82,18 @@ class ImageClassifier(L.LightningModule):
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
         self.test_confusion: torch.Tensor | None = None  # filled at the end of testing, for the artifacts
         self.example_input_array = torch.zeros(1, in_channels, *image_size, dtype=torch.uint8)
+
+    def setup(self, stage: str) -> None:
+        # Pretrained weights load when fitting starts, not in __init__: a checkpoint loaded for testing or
+        # export already holds them, and the weights file need not exist where the checkpoint is used.
+        if stage == "fit" and self.hparams.weights:
+            load_pretrained(self.net, self.hparams.network, self.hparams.weights)
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)  # convs then run NHWC, whatever the input's layout
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        if self.current_epoch < self.hparams.freeze_backbone_epochs:
+            drop_backbone_grads(self.net)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))
@@ -119,11 +142,8 @@ class ImageClassifier(L.LightningModule):
         return self(batch[0]).softmax(dim=-1)
 
     def configure_optimizers(self):
-        decay = [p for p in self.parameters() if p.ndim > 1]
-        no_decay = [p for p in self.parameters() if p.ndim <= 1]
-        groups = [{"params": decay, "weight_decay": self.hparams.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
         hp = self.hparams
+        groups = parameter_groups(self, self.net, hp.lr, hp.weight_decay, hp.backbone_lr_scale)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
         else:
@@ -131,8 +151,8 @@ class ImageClassifier(L.LightningModule):
         if hp.schedule == "constant":
             return optimizer
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=hp.lr, total_steps=int(self.trainer.estimated_stepping_batches),
-            pct_start=hp.warmup_fraction,
+            optimizer, max_lr=[group["lr"] for group in groups],  # per group: the backbone's may be lower
+            total_steps=int(self.trainer.estimated_stepping_batches), pct_start=hp.warmup_fraction,
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

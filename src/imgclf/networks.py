@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
+from imgclf.backbones import TORCHVISION_NETWORKS
 from imgclf.errors import UserError
 
 
@@ -57,6 +58,7 @@ NETWORKS: dict[str, Callable[[int, int], nn.Module]] = {
     "small_cnn": small_cnn,
     "resnet18": resnet18_small,
 }
+NETWORKS.update(TORCHVISION_NETWORKS)  # ImageNet-style networks for large images, optionally pretrained
 
 
 def build_network(name: str, in_channels: int, num_classes: int) -> nn.Module:

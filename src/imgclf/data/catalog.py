@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.augment import AugmentPolicy
-from imgclf.data import readers
+from imgclf.data import folders, readers, stanford_cars
+from imgclf.data.files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SplitOptions
 from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
 
@@ -26,10 +27,13 @@ class DatasetSpec:
     std: tuple[float, ...]
     image_size: tuple[int, int]  # (height, width)
     augment: AugmentPolicy
-    read: Callable[[Path, bool], ImageArrays]
+    read: Callable[[Path, bool], ImageArrays] | None  # None for datasets of image files (list_files)
     is_present: Callable[[Path], bool]
     download: Callable[[Path], None] | None = None
     extra_roots: tuple[Path, ...] = field(default_factory=tuple)  # searched after data/<name>
+    # Datasets of image files too large for memory: the DataModule lists the files (and learns the classes)
+    # with this, then decodes them in DataLoader workers. `classes` stays empty in the catalog.
+    list_files: Callable[[Path, SplitOptions], ImageFiles] | None = None
 
     @property
     def channels(self) -> int:
@@ -45,13 +49,13 @@ class DatasetSpec:
                 return candidate
         return default
 
-    def fetch(self, root: Path) -> None:
+    def fetch(self, root: Path, download: bool = True) -> None:
         """Make sure the files are under `root`: download them where allowed, else explain what to do."""
         if self.is_present(root):
             return
         missing = f"The {self.name} dataset was not found in {root}/."
         pull = f"Fetch it with `dvc pull data/{self.name}.dvc` (or put the files there, or set --data.root)."
-        if self.download is None:
+        if self.download is None or not download:
             raise UserError(f"{missing} {pull}")
         try:
             self.download(root)
@@ -123,6 +127,26 @@ DATASETS: dict[str, DatasetSpec] = {
             read=readers.read_cifar10,
             is_present=_cifar10_present,
             download=_download_cifar10,
+        ),
+        DatasetSpec(
+            name="stanford_cars",
+            classes=(),  # 196 names, read from devkit/cars_meta.mat
+            mean=IMAGENET_MEAN, std=IMAGENET_STD,  # what pretrained backbones expect
+            image_size=(224, 224),  # replaced by --data.input_size
+            augment=AugmentPolicy(),  # random crops and flips happen in the DataLoader workers
+            read=None,
+            is_present=stanford_cars.is_present,  # torchvision cannot download it any more
+            list_files=stanford_cars.read_stanford_cars,
+        ),
+        DatasetSpec(
+            name="folder",
+            classes=(),  # the class folders' names
+            mean=IMAGENET_MEAN, std=IMAGENET_STD,
+            image_size=(224, 224),
+            augment=AugmentPolicy(),
+            read=None,
+            is_present=lambda root: root.is_dir(),
+            list_files=folders.read_image_folder,
         ),
     ]
 }

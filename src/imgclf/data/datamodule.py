@@ -8,6 +8,8 @@ import lightning as L
 import torch
 
 from imgclf.data.catalog import get_dataset
+from imgclf.data.file_data import FileData
+from imgclf.data.files import SplitOptions
 from imgclf.data.loaders import InMemoryBatches
 from imgclf.data.readers import ImageArrays
 from imgclf.distributed import per_device_batch_size
@@ -39,6 +41,14 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: seed of the train/val split (kept apart from the training seed on purpose).
         augment: apply the dataset's training augmentation (none at evaluation, ever).
         data_dir: parent folder of the per-dataset folders.
+        download: let torchvision download a missing dataset (where the dataset allows it).
+        input_size: side of the square network input, for datasets of image files (stanford_cars, folder).
+        num_workers: DataLoader worker processes decoding image files; default: the CPU cores less one.
+        crop_to_box: crop each image to its object box (Stanford Cars) before resizing.
+        box_padding: grow the box by this share of its width/height on each side before cropping.
+        skip_bad_images: leave out (and count) image files that fail to decode, instead of stopping.
+        test_fraction: share held out for testing where an image folder has no test/ split.
+        cache_dir: read pre-resized images from this cache (written by cache_images.py) instead of decoding.
     """
 
     def __init__(
@@ -52,6 +62,14 @@ class ImageDataModule(L.LightningDataModule):
         split_seed: int = 0,
         augment: bool = True,
         data_dir: str = "data",
+        download: bool = True,
+        input_size: int = 224,
+        num_workers: int | None = None,
+        crop_to_box: bool = False,
+        box_padding: float = 0.1,
+        skip_bad_images: bool = False,
+        test_fraction: float = 0.1,
+        cache_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -64,6 +82,12 @@ class ImageDataModule(L.LightningDataModule):
         self.global_batch_size = global_batch_size
         self.shuffle_seed = 0
         self.splits: dict[str, ImageArrays] = {}
+        self.file_data: FileData | None = None
+        if self.spec.list_files is not None:  # large images: decoded in DataLoader workers (file_data.py)
+            options = SplitOptions(val_fraction, test_fraction, split_seed)
+            self.file_data = FileData(self.spec, self.root, options, input_size, num_workers, crop_to_box,
+                                      box_padding, skip_bad_images, cache_dir)
+            self.spec = self.file_data.spec  # now with the class names read from disk
 
     # What the model needs to know about the data (linked into the model's arguments by the CLI).
     @property
@@ -91,7 +115,7 @@ class ImageDataModule(L.LightningDataModule):
         return list(self.spec.std)
 
     def prepare_data(self) -> None:
-        self.spec.fetch(self.root)  # runs once per node (rank 0): the only place that may download
+        self.spec.fetch(self.root, self.hparams.download)  # once per node (rank 0): the only download
 
     def setup(self, stage: str | None = None) -> None:
         if self.trainer:
@@ -102,7 +126,10 @@ class ImageDataModule(L.LightningDataModule):
             self.shuffle_seed = self.trainer.strategy.broadcast(torch.initial_seed() % 2**31)
         if self.splits:
             return
-        self.spec.fetch(self.root)  # on other ranks: a clear error if rank 0's download did not land
+        if self.file_data is not None:
+            self.splits = self.file_data.datasets()
+            return
+        self.spec.fetch(self.root, download=False)  # a clear error if rank 0's download did not land
         full_train = self.spec.read(self.root, True)
         train_idx, val_idx = split_train_val(len(full_train), self.val_fraction, self.split_seed)
         splits = {"train": full_train.subset(train_idx), "val": full_train.subset(val_idx),
@@ -116,6 +143,9 @@ class ImageDataModule(L.LightningDataModule):
         self.splits = {name: ImageArrays(s.images.to(device), s.labels.to(device)) for name, s in splits.items()}
 
     def _batches(self, split: str, train: bool) -> InMemoryBatches:
+        if self.file_data is not None:
+            batch_size = self.batch_size if train else self.eval_batch_size
+            return self.file_data.loader(self.splits[split], batch_size, train, self.trainer)
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         return InMemoryBatches(
             self.splits[split],
@@ -140,6 +170,15 @@ class ImageDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> InMemoryBatches:
         return self._batches("test", train=False)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        if self.file_data is None or not isinstance(batch, (tuple, list)) or len(batch) != 3:
+            return batch
+        # File batches are (images, labels, indices); unreadable files are dropped or named here.
+        trainer = self.trainer
+        evaluating = trainer.validating or trainer.sanity_checking
+        split = "train" if trainer.training else "val" if evaluating else "test"
+        return self.file_data.clean_batch(batch, self.splits[split])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         training = self.trainer is not None and self.trainer.training

@@ -1,0 +1,115 @@
+"""A pre-resized uint8 cache of a file dataset: decoding a JPEG costs more than everything else per image.
+
+    <cache_dir>/images.npy   uint8 [N, 3, S, S], S = base_size(input_size), read through a memory map
+    <cache_dir>/index.json   fingerprint, the files (relative to the data root) in row order, unreadable rows
+
+It is a pipeline output (`cache_images.py`, a DVC stage), never written as a side effect of training. The
+fingerprint covers every file's path, size and modification time plus the settings that shape the stored
+pixels, so a changed, added or removed image, or another input size or box setting, makes it stale: training
+then refuses it and says how to rebuild it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import DataLoader
+
+from imgclf.data.files import BAD_LABEL, ImageFile, ImageFileDataset, bad_image_message
+from imgclf.data.transforms import base_size
+from imgclf.errors import UserError
+
+IMAGES, INDEX = "images.npy", "index.json"
+REBUILD = ("Build it with `uv run python cache_images.py --config <your config>` (or `dvc repro`), "
+           "or drop --data.cache_dir.")
+
+
+def fingerprint(root: Path, files: list[ImageFile], input_size: int, crop_to_box: bool,
+                box_padding: float) -> str:
+    settings = {"side": base_size(input_size), "crop_to_box": crop_to_box,
+                "box_padding": box_padding if crop_to_box else 0}
+    digest = hashlib.sha256(json.dumps(settings).encode())
+    for file in files:
+        stat = file.path.stat()
+        box = file.box if crop_to_box else None
+        line = f"{os.path.relpath(file.path, root)}|{stat.st_size}|{stat.st_mtime_ns}|{box}\n"
+        digest.update(line.encode())
+    return digest.hexdigest()
+
+
+def unique_files(files: list[ImageFile]) -> list[ImageFile]:
+    """One row per image file, in path order (the splits may list the files in any order)."""
+    return sorted({f.path: f for f in files}.values(), key=lambda f: str(f.path))
+
+
+class ImageCache:
+    """Base images by path, from the memory-mapped array (opened lazily: once per DataLoader worker)."""
+
+    def __init__(self, folder: Path, row_of: dict[Path, int], bad_rows: set[int]) -> None:
+        self.folder, self.row_of, self.bad_rows = folder, row_of, bad_rows
+        self._images: np.ndarray | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_images": None}  # workers open their own map instead of pickling the array
+
+    def get(self, path: Path) -> torch.Tensor | None:
+        row = self.row_of[path]
+        if row in self.bad_rows:
+            return None
+        if self._images is None:
+            self._images = np.load(self.folder / IMAGES, mmap_mode="r")
+        return torch.from_numpy(np.array(self._images[row]))
+
+
+def open_cache(folder: Path, root: Path, files: list[ImageFile], input_size: int, crop_to_box: bool,
+               box_padding: float) -> ImageCache:
+    """The cache in `folder` if it matches the files and settings, else a UserError saying how to rebuild."""
+    index_path = folder / INDEX
+    if not index_path.is_file() or not (folder / IMAGES).is_file():
+        raise UserError(f"No image cache in {folder}/. {REBUILD}")
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"Cannot read {index_path} ({e}). {REBUILD}") from e
+    files = unique_files(files)
+    if index.get("fingerprint") != fingerprint(root, files, input_size, crop_to_box, box_padding):
+        raise UserError(f"The image cache in {folder}/ is stale: images under {root} or the settings "
+                        f"(input_size, crop_to_box, box_padding) changed since it was built. {REBUILD}")
+    bad = set(index["bad_rows"])
+    if bad:
+        rank_zero_warn(f"The image cache {folder}/ leaves out {len(bad)} unreadable image(s), e.g. "
+                       f"{files[min(bad)].path}.")
+    return ImageCache(folder, {f.path: row for row, f in enumerate(files)}, bad)
+
+
+def build_cache(folder: Path, root: Path, files: list[ImageFile], input_size: int, crop_to_box: bool,
+                box_padding: float, skip_bad_images: bool, num_workers: int) -> Path:
+    """Decode every file once (in `num_workers` processes) into `folder`; returns the folder."""
+    files = unique_files(files)
+    side = base_size(input_size)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / INDEX).unlink(missing_ok=True)  # no index, no cache: a half-written cache is never used
+    tmp = folder / f"{IMAGES}.tmp"
+    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, side, side))
+    dataset = ImageFileDataset(files, input_size, view=None, crop_to_box=crop_to_box, box_padding=box_padding)
+    bad_rows = []
+    for batch_images, labels, rows in DataLoader(dataset, batch_size=32, num_workers=num_workers):
+        images[rows.numpy()] = batch_images.numpy()
+        for row in rows[labels == BAD_LABEL].tolist():
+            if not skip_bad_images:
+                raise UserError(bad_image_message(files[row].path))
+            bad_rows.append(row)
+            rank_zero_warn(f"Leaving out unreadable image {files[row].path}; {len(bad_rows)} so far.")
+    images.flush()
+    del images
+    tmp.replace(folder / IMAGES)
+    index = {"fingerprint": fingerprint(root, files, input_size, crop_to_box, box_padding), "side": side,
+             "files": [os.path.relpath(f.path, root) for f in files], "bad_rows": bad_rows}
+    (folder / INDEX).write_text(json.dumps(index, indent=1))
+    return folder

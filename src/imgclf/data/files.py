@@ -1,0 +1,140 @@
+"""Datasets of image files (Stanford Cars, image folders): the file lists, their splits, and the torch Dataset
+that decodes them in DataLoader workers.
+
+A file that fails to decode does not raise inside the worker (the DataLoader would wrap the message in a
+traceback); the worker returns label -1 instead, and `drop_bad_images` in the main process either names the
+file in a UserError or, with skip_bad_images, drops it from the batch and counts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch.utils.data import Dataset
+
+from imgclf.data import transforms
+from imgclf.data.transforms import Box
+from imgclf.errors import UserError
+
+if TYPE_CHECKING:
+    from imgclf.data.cache import ImageCache
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's pretrained backbones were trained with
+IMAGENET_STD = (0.229, 0.224, 0.225)
+BAD_LABEL = -1  # what a worker returns for a file it cannot decode
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    path: Path
+    label: int
+    box: Box | None = None  # object bounding box (x1, y1, x2, y2), when the dataset has one
+
+
+@dataclass(frozen=True)
+class SplitOptions:
+    val_fraction: float  # share of the training files held out for validation
+    test_fraction: float  # share held out for testing, where the dataset has no test split of its own
+    seed: int
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    classes: list[str]
+    splits: dict[str, list[ImageFile]]  # "train", "val", "test"
+
+    def all_files(self) -> list[ImageFile]:
+        return [f for split in self.splits.values() for f in split]
+
+
+def stratified_split(files: Sequence[ImageFile], fraction: float,
+                     seed: int) -> tuple[list[ImageFile], list[ImageFile]]:
+    """(kept, held_out): `fraction` of every class held out, at least one image of each class kept.
+
+    Per class, so a rare class is not left out of validation by chance; depends only on the files and seed.
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise UserError(f"Split fractions (--data.val_fraction, --data.test_fraction) must be in [0, 1), "
+                        f"got {fraction}.")
+    rng = np.random.default_rng(seed)
+    labels = np.array([f.label for f in files])
+    held = np.zeros(len(files), dtype=bool)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        held[members[: min(round(len(members) * fraction), len(members) - 1)]] = True
+    kept = [f for f, h in zip(files, held, strict=True) if not h]
+    return kept, [f for f, h in zip(files, held, strict=True) if h]
+
+
+class ImageFileDataset(Dataset):
+    """(uint8 image, label, index) per file; label -1 (and a black image) when the file is unreadable.
+
+    `view` turns the base image (decoded, box-cropped, resized to base_size) into the network's input:
+    transforms.train_view or eval_view; None returns the base image itself (what the cache stores). With a
+    cache, the base image is read from it instead of decoded from the file.
+    """
+
+    def __init__(self, files: list[ImageFile], input_size: int, view: Callable | None,
+                 crop_to_box: bool = False, box_padding: float = 0.0,
+                 cache: ImageCache | None = None) -> None:
+        self.files, self.input_size, self.view = files, input_size, view
+        self.crop_to_box, self.box_padding, self.cache = crop_to_box, box_padding, cache
+        self.side = input_size if view is not None else transforms.base_size(input_size)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_base(self, file: ImageFile) -> torch.Tensor | None:
+        if self.cache is not None:
+            return self.cache.get(file.path)
+        try:
+            return transforms.load_base(file.path, self.input_size, file.box if self.crop_to_box else None,
+                                        self.box_padding)
+        except Exception:  # Pillow raises OSError, ValueError, SyntaxError, DecompressionBombError...
+            return None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        file = self.files[index]
+        base = self.load_base(file)
+        if base is None:
+            return torch.zeros(3, self.side, self.side, dtype=torch.uint8), BAD_LABEL, index
+        return (base if self.view is None else self.view(base)), file.label, index
+
+
+def decode_error(path: Path) -> str:
+    """Why `path` does not decode (re-tried in the main process: workers only report that it failed)."""
+    try:
+        transforms.decode_rgb(path)
+    except Exception as e:
+        return f"{type(e).__name__}: {e}"
+    return "it failed to decode or resize in a DataLoader worker"
+
+
+def bad_image_message(path: Path) -> str:
+    return (f"Cannot read image {path} ({decode_error(path)}). The file is corrupt, truncated or not an "
+            f"image: replace or delete it, or pass --data.skip_bad_images true to leave such files out.")
+
+
+def drop_bad_images(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], dataset: ImageFileDataset,
+                    skip: bool, skipped: set[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) without the unreadable files: a UserError naming the first one, or, with `skip`,
+    a warning naming each new one with the running count kept in `skipped`."""
+    images, labels, index = batch
+    bad = labels == BAD_LABEL
+    if not bad.any():
+        return images, labels
+    for i in index[bad].tolist():
+        path = dataset.files[i].path
+        if not skip:
+            raise UserError(bad_image_message(path))
+        if path not in skipped:
+            skipped.add(path)
+            rank_zero_warn(f"Skipping unreadable image {path} ({decode_error(path)}); "
+                           f"{len(skipped)} skipped so far.")
+    return images[~bad], labels[~bad]

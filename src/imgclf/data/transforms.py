@@ -1,0 +1,67 @@
+"""Per-image work for image-file datasets, run in DataLoader workers: decode, crop to box, resize, augment.
+
+Split in two so the deterministic half can be cached: `load_base` (decode + optional box crop + resize to a
+square of `base_size(input_size)` pixels) and the views (random crop + flip for training, centre crop for
+evaluation). Everything stays uint8 [3, H, W]: the model's PixelNormalize does the float maths on the device.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
+
+
+def base_size(input_size: int) -> int:
+    """Side of the stored square image: 8/7 of the input (256 for 224), the margin random crops move in."""
+    return round(input_size * 8 / 7)
+
+
+def padded_box(box: Box, padding: float, width: int, height: int) -> Box:
+    """`box` grown by `padding` times its width/height on each side, clipped to the image.
+
+    A tight box cuts off mirrors and bumper edges that tell car models apart; a little context helps.
+    """
+    x1, y1, x2, y2 = box
+    pad_x, pad_y = round((x2 - x1) * padding), round((y2 - y1) * padding)
+    return max(0, x1 - pad_x), max(0, y1 - pad_y), min(width, x2 + pad_x), min(height, y2 + pad_y)
+
+
+def decode_rgb(path: Path, box: Box | None = None, padding: float = 0.0) -> torch.Tensor:
+    """Decode any Pillow-readable image to uint8 RGB [3, H, W], cropped to the padded `box` when given.
+
+    Raises OSError/ValueError (and friends) for a corrupt or truncated file; callers decide what to do.
+    """
+    with Image.open(path) as image:
+        if box is not None:
+            # Cropping before decoding the pixels: Pillow decodes lazily, so only the crop is converted.
+            image = image.crop(padded_box(box, padding, image.width, image.height))
+        # convert() forces the full decode, so a truncated file fails here (inside the worker), not later.
+        array = np.asarray(image.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def load_base(path: Path, input_size: int, box: Box | None = None, padding: float = 0.0) -> torch.Tensor:
+    """The deterministic part: decode, crop to box, resize (squash) to base_size x base_size, uint8."""
+    image = decode_rgb(path, box, padding)
+    side = base_size(input_size)
+    # Squash rather than crop the long side: a centre square would cut the front or back off a car.
+    return v2.functional.resize(image, [side, side], antialias=True)
+
+
+def train_view(input_size: int) -> v2.Transform:
+    """A random part (35-100% of the area, aspect 3:4-4:3) at input_size, flipped half the time."""
+    return v2.Compose([
+        v2.RandomResizedCrop(input_size, scale=(0.35, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),  # a mirrored car is the same model
+    ])
+
+
+def eval_view(input_size: int) -> v2.Transform:
+    """The centre input_size square of the base image: the same view every time."""
+    return v2.CenterCrop(input_size)

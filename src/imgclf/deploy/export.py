@@ -1,0 +1,95 @@
+"""Checkpoint -> model.onnx: the whole inference path (normalization + network), a dynamic batch axis, and
+the metadata a deployer needs.
+
+Exporter: the dynamo exporter (`torch.onnx.export(..., dynamo=True)`), on purpose. It is PyTorch's default
+and maintained path since 2.9 (the TorchScript exporter is deprecated with torch.jit); it captures the graph
+with torch.export, which checks that the trace holds for every batch size we declare dynamic rather than
+specializing silently; and its onnxscript optimizer folds BatchNorm into the convolutions, so ONNX
+Runtime runs fewer ops. Its cost is a slower export (seconds, not milliseconds), paid once per model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import onnx
+import torch
+from onnx import numpy_helper
+
+from imgclf.deploy.checkpoint import Checkpoint, load_checkpoint
+from imgclf.deploy.metadata import INPUT_DESCRIPTION, INPUT_NAME, OUTPUT_NAME, ModelMetadata
+
+
+def weights_sha256(model: onnx.ModelProto) -> str:
+    """Hash of every initializer (name, dtype, shape, values), independent of their order in the file."""
+    digest = hashlib.sha256()
+    for init in sorted(model.graph.initializer, key=lambda t: t.name):
+        array = numpy_helper.to_array(init)
+        digest.update(f"{init.name}|{array.dtype}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def recorded_path(path: Path) -> str:
+    """The checkpoint's real path (runs/latest moves on with the next run), relative to here when inside."""
+    real = path.resolve()
+    try:
+        return str(real.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(real)
+
+
+def export_checkpoint(ckpt: Checkpoint, output: Path) -> ModelMetadata:
+    """Write `output` from a loaded checkpoint; returns the metadata stored in it."""
+    hp = ckpt.model.hparams
+    network = ckpt.model.network_module().eval()
+    # float32 raw pixels: what image libraries hand a deployer (PIL/numpy/OpenCV after resizing give
+    # floats or uint8 that casts losslessly); a uint8 input would force them to round and clip.
+    example = torch.randint(0, 256, (2, hp.in_channels, *hp.image_size)).float()
+    program = torch.onnx.export(
+        network, (example,), dynamo=True, verbose=False, external_data=False,
+        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    model = program.model_proto
+    dataset = ckpt.datamodule_hparams.get("dataset", "unknown")
+    metadata = ModelMetadata(
+        class_names=list(ckpt.model.class_names), image_size=list(hp.image_size), in_channels=hp.in_channels,
+        mean=list(hp.mean), std=list(hp.std), dataset=dataset, network=hp.network,
+        checkpoint=recorded_path(ckpt.path), checkpoint_sha256=ckpt.sha256,
+        weights_sha256=weights_sha256(model), test_metrics=ckpt.test_metrics(),
+    )
+    del model.metadata_props[:]  # torch.export's internal bookkeeping means nothing to a deployer
+    onnx.helper.set_model_props(model, metadata.to_props())
+    model.producer_name, model.doc_string = "imgclf export.py", INPUT_DESCRIPTION
+    # Write next to the target and rename only once the checker passed: a failed export never leaves a
+    # half-written model.onnx behind, nor destroys the previous one.
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    onnx.save(model, partial)
+    try:
+        onnx.checker.check_model(str(partial), full_check=True)
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
+    return metadata
+
+
+def export(ckpt_path: str | Path, output: str | Path) -> ModelMetadata:
+    """export.py: load the checkpoint, export it, print what was written."""
+    ckpt = load_checkpoint(ckpt_path)
+    output = Path(output)
+    metadata = export_checkpoint(ckpt, output)
+    c, (h, w) = metadata.in_channels, metadata.image_size
+    accuracy = metadata.test_metrics.get("test/acc")
+    print(f"Wrote {output} ({output.stat().st_size / 1024:.0f} KiB) from {ckpt.path} "
+          f"(sha256 {ckpt.sha256[:12]}...)\n"
+          f"  input  {INPUT_NAME}: float32 [batch, {c}, {h}, {w}], raw pixels 0-255 (normalized inside)\n"
+          f"  output {OUTPUT_NAME}: float32 [batch, {len(metadata.class_names)}] for classes "
+          f"{', '.join(metadata.class_names)}\n"
+          f"  {metadata.network} on {metadata.dataset}"
+          + (f", test accuracy {accuracy:.4f}" if accuracy is not None else "")
+          + f"\nNext: uv run python verify_onnx.py --model {output}")
+    return metadata

@@ -1,0 +1,57 @@
+"""What model.onnx tells a deployer, stored as ONNX `metadata_props` (string key -> string value).
+
+Shared by the exporter (writes it) and the torch-free predictor (reads it), so it imports neither torch
+nor onnx: values are plain strings, lists and dicts as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+from imgclf.errors import UserError
+
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# One line for humans who open the file in Netron or read the metadata with any ONNX tool.
+INPUT_DESCRIPTION = ("images: float32 [batch, channels, height, width], RAW pixel values 0-255 (RGB or "
+                     "grayscale as `in_channels` says); normalization with mean/std is inside the graph. "
+                     "logits: float32 [batch, num_classes]; softmax gives probabilities.")
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    class_names: list[str]
+    image_size: list[int]  # [height, width]
+    in_channels: int
+    mean: list[float]  # 0-1 scale, per channel; already applied inside the graph (for information)
+    std: list[float]
+    dataset: str
+    network: str
+    checkpoint: str  # where the weights came from, so verify_onnx.py can find it again
+    checkpoint_sha256: str
+    weights_sha256: str  # of the exported graph's initializers: a weight edited after export is caught
+    test_metrics: dict[str, float] = field(default_factory=dict)  # the run's metrics.json, when present
+    input_format: str = "float32 NCHW raw pixels 0-255, normalization inside the graph"
+
+    def to_props(self) -> dict[str, str]:
+        return {key: value if isinstance(value, str) else json.dumps(value)
+                for key, value in asdict(self).items()}
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], source: str) -> ModelMetadata:
+        """Parse metadata_props; `source` (the file name) only serves the error message."""
+        missing = [name for name in cls.__dataclass_fields__ if name not in props]
+        if missing:
+            raise UserError(
+                f"{source} lacks the metadata this project's tools need ({', '.join(missing)}), so it was "
+                f"not written by export.py (or was re-saved without its metadata). Export it again with "
+                f"`uv run python export.py --ckpt runs/<run>/best.ckpt --output {source}`."
+            )
+        strings = {"dataset", "network", "checkpoint", "checkpoint_sha256", "weights_sha256", "input_format"}
+        try:
+            values = {name: props[name] if name in strings else json.loads(props[name])
+                      for name in cls.__dataclass_fields__}
+        except json.JSONDecodeError as e:
+            raise UserError(f"{source} holds unreadable metadata ({e}); export it again with "
+                            f"export.py.") from e
+        return cls(**values)

@@ -1,0 +1,119 @@
+"""Image files -> top-k classes with model.onnx. Imports only numpy, PIL, onnxruntime and json (through
+metadata.py), so it runs where torch is not installed.
+
+Preprocessing matches training: the model takes raw 0-255 pixels and normalizes them itself, so the only
+steps here are decoding, converting to the model's channels, center-cropping to its aspect ratio, and
+resizing to its input size. An image already of that size and mode reaches the model unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
+from imgclf.errors import UserError
+
+BATCH = 64  # images per run: bounds memory for long file lists, and the batch axis is dynamic anyway
+
+
+def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMetadata]:
+    """An ONNX Runtime CPU session for the file and its metadata, with clear errors for bad files."""
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise UserError(f"Model file {model_path} does not exist. Export one with `uv run python export.py "
+                        f"--output {model_path}` (or `dvc pull` it), or pass --model.")
+    try:
+        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+        raise UserError(f"ONNX Runtime cannot load {model_path} ({type(e).__name__}: {str(e)[:300]}). "
+                        f"The file is corrupt or not an ONNX model; export it again with export.py.") from e
+    metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(model_path))
+    return session, metadata
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))  # subtract the max: no overflow
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def center_crop_to_aspect(image: Image.Image, height: int, width: int) -> Image.Image:
+    """The largest centered box with the model's aspect ratio: resizing it does not distort shapes."""
+    w, h = image.size
+    if w * height > h * width:  # too wide
+        new_w = round(h * width / height)
+        left = (w - new_w) // 2
+        return image.crop((left, 0, left + new_w, h))
+    new_h = round(w * height / width)
+    top = (h - new_h) // 2
+    return image.crop((0, top, w, top + new_h))
+
+
+def load_image(path: str | Path, metadata: ModelMetadata) -> np.ndarray:
+    """float32 [C, H, W] raw pixels 0-255 as the model expects; UserError when the file is not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass paths of PNG or JPEG files.")
+    try:
+        with Image.open(path) as image:
+            # Phone photos store their rotation in EXIF: apply it, or the model sees the image sideways.
+            image = ImageOps.exif_transpose(image).convert("L" if metadata.in_channels == 1 else "RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's errors for bad files
+        raise UserError(f"{path} is not an image PIL can read ({type(e).__name__}: {e}); pass PNG or "
+                        f"JPEG files (grayscale or RGB, any size).") from e
+    height, width = metadata.image_size
+    if image.size != (width, height):
+        image = center_crop_to_aspect(image, height, width).resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32)
+    return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    top_k: list[tuple[str, float]]  # (class name, probability), most likely first
+
+
+class Predictor:
+    def __init__(self, model_path: str | Path) -> None:
+        self.session, self.metadata = open_session(model_path)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        """float32 [N, C, H, W] raw pixels -> [N, num_classes] probabilities."""
+        logits = [self.session.run(None, {INPUT_NAME: images[i:i + BATCH]})[0]
+                  for i in range(0, len(images), BATCH)]
+        return softmax(np.concatenate(logits))
+
+    def predict(self, paths: list[str], top_k: int) -> list[Prediction]:
+        names = self.metadata.class_names
+        if not 1 <= top_k <= len(names):
+            raise UserError(f"--top-k must be between 1 and {len(names)} (the model's class count), "
+                            f"got {top_k}.")
+        # Decode every file before running the model: a bad file fails fast and names itself.
+        images = np.stack([load_image(p, self.metadata) for p in paths])
+        probs = self.probabilities(images)
+        best = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+        return [Prediction(str(p), [(names[j], float(row[j])) for j in order])
+                for p, row, order in zip(paths, probs, best, strict=True)]
+
+
+def format_predictions(predictions: list[Prediction]) -> str:
+    width = max(len(name) for p in predictions for name, _ in p.top_k)
+    lines = []
+    for p in predictions:
+        lines.append(p.path)
+        lines += [f"  {name:<{width}}  {prob:7.2%}" for name, prob in p.top_k]
+    return "\n".join(lines)
+
+
+def predict(paths: list[str], model_path: str | Path, top_k: int) -> list[Prediction]:
+    """predict.py: classify the files and print the top-k classes of each."""
+    if not paths:
+        raise UserError("No image files given; pass one or more PNG/JPEG paths.")
+    predictions = Predictor(model_path).predict(paths, top_k)
+    print(format_predictions(predictions))
+    return predictions

@@ -1,0 +1,195 @@
+"""verify_onnx.py's logic: model.onnx against its checkpoint on the model's full test split.
+
+Passes only when: the weights are those exported (hash in the metadata), the checkpoint is the one exported,
+ONNX Runtime's logits match PyTorch's within rtol 1e-3 / atol 1e-5 (numpy's allclose rule), top-1
+predictions agree on every test image, both accuracies are equal, and batch sizes 1, 7 and 64 run through
+the dynamic batch axis with the same results. Latency (PyTorch eager vs ONNX Runtime on CPU) is reported,
+never judged: it depends on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from imgclf.deploy.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+from imgclf.deploy.export import weights_sha256
+from imgclf.deploy.latency import format_latency, latency_table, timing_session
+from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
+from imgclf.deploy.predictor import open_session
+from imgclf.deploy.quantize import quantize_int8
+from imgclf.errors import UserError
+
+RTOL, ATOL = 1e-3, 1e-5
+DYNAMIC_BATCH_SIZES = (1, 7, 64)
+LATENCY_BATCH_SIZES = (1, 64)
+EVAL_BATCH = 256
+CALIBRATION_IMAGES = 512
+
+
+def resolve_checkpoint(ckpt: str | None, metadata: ModelMetadata) -> str:
+    """--ckpt, else the checkpoint recorded at export when it still exists, else runs/latest/best.ckpt."""
+    if ckpt:
+        return ckpt
+    return metadata.checkpoint if Path(metadata.checkpoint).is_file() else DEFAULT_CHECKPOINT
+
+
+def check_same_model(metadata: ModelMetadata, ckpt: Checkpoint, model_path: Path) -> None:
+    """Refuse to compare against a checkpoint of another network or dataset: the figures would be noise."""
+    hp = ckpt.model.hparams
+    ours = (metadata.network, metadata.class_names, list(metadata.image_size), metadata.in_channels)
+    theirs = (hp.network, list(ckpt.model.class_names), list(hp.image_size), hp.in_channels)
+    if ours != theirs:
+        raise UserError(
+            f"{model_path} ({metadata.network}, {len(metadata.class_names)} classes, input "
+            f"{metadata.in_channels}x{metadata.image_size}) was not exported from {ckpt.path} "
+            f"({hp.network}, {len(theirs[1])} classes, input {hp.in_channels}x{list(hp.image_size)}). "
+            f"Pass the checkpoint it came from with --ckpt (export recorded {metadata.checkpoint})."
+        )
+
+
+def run_onnx(session: ort.InferenceSession, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    return np.concatenate([session.run(None, {INPUT_NAME: images[i:i + batch]})[0]
+                           for i in range(0, len(images), batch)])
+
+
+@torch.inference_mode()
+def run_torch(network: torch.nn.Module, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    return np.concatenate([network(torch.from_numpy(images[i:i + batch])).numpy()
+                           for i in range(0, len(images), batch)])
+
+
+def compare_logits(onnx_logits: np.ndarray, torch_logits: np.ndarray) -> dict[str, float]:
+    diff = np.abs(onnx_logits.astype(np.float64) - torch_logits)
+    scale = np.abs(torch_logits.astype(np.float64))
+    # Relative difference only where the logit is not ~0 (dividing by ~0 says nothing); the pass rule
+    # is allclose's |a - b| <= atol + rtol * |b|, which covers both.
+    relative = diff[scale > ATOL] / scale[scale > ATOL]
+    return {"max_abs_diff": float(diff.max()), "max_rel_diff": float(relative.max(initial=0.0)),
+            "values_out_of_tolerance": int((diff > ATOL + RTOL * scale).sum())}
+
+
+def check_dynamic_batches(session: ort.InferenceSession, images: np.ndarray,
+                          torch_logits: np.ndarray) -> dict[str, dict]:
+    results = {}
+    for size in DYNAMIC_BATCH_SIZES:
+        index = np.arange(size) % len(images)  # wraps around when the test split is smaller
+        logits = session.run(None, {INPUT_NAME: images[index]})[0]
+        ok = logits.shape == (size, torch_logits.shape[1]) and bool(
+            np.allclose(logits, torch_logits[index], rtol=RTOL, atol=ATOL))
+        results[str(size)] = {"ok": ok, "max_abs_diff": float(np.abs(logits - torch_logits[index]).max())}
+    return results
+
+
+def measure_latency(network: torch.nn.Module, models: dict[str, Path], images: np.ndarray, threads: int,
+                    repeats: int) -> dict[str, dict[str, float]]:
+    """PyTorch eager vs each ONNX file, all on `threads` CPU threads."""
+    runners = {"torch_eager": lambda x: run_torch(network, x, batch=len(x))}
+    for name, path in models.items():
+        session = timing_session(str(path), threads)
+        runners[name] = lambda x, session=session: session.run(None, {INPUT_NAME: x})
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return latency_table(runners, images, LATENCY_BATCH_SIZES, repeats)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def int8_figures(model_path: Path, float_logits: np.ndarray, labels: np.ndarray, images: np.ndarray,
+                 calibration: np.ndarray) -> dict:
+    output = model_path.with_name(model_path.stem + ".int8.onnx")
+    quantize_int8(model_path, output, calibration)
+    session, _ = open_session(output)
+    logits = run_onnx(session, images)
+    accuracy = float((logits.argmax(1) == labels).mean())
+    float_accuracy = float((float_logits.argmax(1) == labels).mean())
+    figures = {"model": str(output), "size_kib": round(output.stat().st_size / 1024, 1),
+               "float_size_kib": round(model_path.stat().st_size / 1024, 1), "accuracy": accuracy,
+               "accuracy_change": accuracy - float_accuracy,
+               "top1_agreement_with_float": float((logits.argmax(1) == float_logits.argmax(1)).mean())}
+    return figures
+
+
+def verify(model: str | Path = "model.onnx", ckpt: str | None = None, report: str | Path = "onnx_report.json",
+           quantize: bool = False, threads: int = 1, latency_repeats: int = 50) -> dict:
+    """Run every check, print a readable report, write it as JSON; the report's `passed` says the verdict."""
+    if threads < 1:
+        raise UserError(f"--threads must be 1 or more, got {threads}.")
+    model_path = Path(model)
+    session, metadata = open_session(model_path)
+    proto = onnx.load(str(model_path))
+    checkpoint = load_checkpoint(resolve_checkpoint(ckpt, metadata))
+    check_same_model(metadata, checkpoint, model_path)
+    datamodule = checkpoint.datamodule(metadata.dataset)
+    datamodule.setup("test")
+    test = datamodule.splits["test"]
+    images, labels = test.images.float().numpy(), test.labels.numpy()
+    network = checkpoint.model.network_module().eval()
+
+    torch_logits, onnx_logits = run_torch(network, images), run_onnx(session, images)
+    torch_top1, onnx_top1 = torch_logits.argmax(1), onnx_logits.argmax(1)
+    figures = compare_logits(onnx_logits, torch_logits)
+    figures |= {
+        "top1_agreement": float((torch_top1 == onnx_top1).mean()),
+        "top1_disagreements": int((torch_top1 != onnx_top1).sum()),
+        "onnx_accuracy": float((onnx_top1 == labels).mean()),
+        "torch_accuracy": float((torch_top1 == labels).mean()),
+    }
+    batches = check_dynamic_batches(session, images, torch_logits)
+    checks = {
+        "weights_unchanged_since_export": weights_sha256(proto) == metadata.weights_sha256,
+        "checkpoint_is_the_exported_one": checkpoint.sha256 == metadata.checkpoint_sha256,
+        "logits_within_tolerance": figures["values_out_of_tolerance"] == 0,
+        "top1_identical": figures["top1_disagreements"] == 0,
+        "accuracy_equal": figures["onnx_accuracy"] == figures["torch_accuracy"],
+        "dynamic_batch_sizes": all(b["ok"] for b in batches.values()),
+    }
+
+    timed = {"onnxruntime": model_path}
+    int8 = None
+    if quantize:
+        splits = datamodule.splits
+        calibration = splits["val"] if len(splits["val"]) else splits["train"]
+        int8 = int8_figures(model_path, onnx_logits, labels, images,
+                            calibration.images[:CALIBRATION_IMAGES].float().numpy())
+        timed["onnxruntime_int8"] = Path(int8["model"])
+    latency = measure_latency(network, timed, images, threads, latency_repeats)
+
+    result = {"passed": all(checks.values()), "model": str(model_path), "checkpoint": str(checkpoint.path),
+              "dataset": metadata.dataset, "network": metadata.network, "test_images": len(labels),
+              "rtol": RTOL, "atol": ATOL, **figures, "batch_sizes": batches, "checks": checks,
+              "latency_ms": latency, "latency_threads": threads}
+    if int8 is not None:
+        result["int8"] = int8
+    Path(report).write_text(json.dumps(result, indent=2) + "\n")
+    print(format_report(result))
+    print(f"\nReport written to {report}")
+    return result
+
+
+def format_report(r: dict) -> str:
+    lines = [f"ONNX verification of {r['model']} against {r['checkpoint']}",
+             f"  {r['network']} on the {r['dataset']} test split: {r['test_images']} images",
+             f"  logits: max abs diff {r['max_abs_diff']:.3g}, max rel diff {r['max_rel_diff']:.3g}, "
+             f"{r['values_out_of_tolerance']} values outside rtol {r['rtol']:g} / atol {r['atol']:g}",
+             f"  top-1 agreement {r['top1_agreement']:.2%} ({r['top1_disagreements']} disagreements); "
+             f"accuracy ONNX {r['onnx_accuracy']:.4f} vs PyTorch {r['torch_accuracy']:.4f}",
+             "  batch sizes: " + ", ".join(f"{size} {'ok' if b['ok'] else 'FAILED'}"
+                                           for size, b in r["batch_sizes"].items()),
+             "", "Checks:"]
+    lines += [f"  [{'pass' if ok else 'FAIL'}] {name.replace('_', ' ')}" for name, ok in r["checks"].items()]
+    if "int8" in r:
+        q = r["int8"]
+        lines += ["", f"int8 copy {q['model']}: {q['size_kib']} KiB (float {q['float_size_kib']} KiB), "
+                      f"accuracy {q['accuracy']:.4f} ({q['accuracy_change']:+.4f}), top-1 agreement "
+                      f"with float {q['top1_agreement_with_float']:.2%} (reported, not judged)"]
+    lines += ["", f"Latency, median ms per batch on CPU ({r['latency_threads']} thread(s); ratios below 1: "
+                  f"faster than PyTorch eager):", format_latency(r["latency_ms"]),
+              "", "PASSED" if r["passed"] else "FAILED: see the checks marked FAIL above"]
+    return "\n".join(lines)

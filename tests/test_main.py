@@ -1,0 +1,122 @@
+"""End to end: main.py and grid.py as a user runs them, and every bad input's message."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import REPO, make_fashion_mnist, run_script
+
+from imgclf.cli import main
+from imgclf.errors import UserError
+
+DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """`main.py` with no arguments but a private runs folder: the default digits run."""
+    runs = tmp_path_factory.mktemp("runs")
+    done = run_script("main.py", "--runs_dir", str(runs))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return runs, done
+
+
+def test_default_run_reaches_95_percent_on_digits(default_run):
+    runs, done = default_run
+    run_dir = (runs / "latest").resolve()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/acc"] >= 0.95, metrics
+    assert {"test/acc_top5", "test/f1_macro", "test/loss"} <= metrics.keys()
+    for name in ["best.ckpt", "last.ckpt", "config.yaml", "confusion_matrix.csv", "confusion_matrix.png",
+                 "training_curves.png", "metrics.csv"]:
+        assert (run_dir / name).is_file(), name
+    assert str(run_dir.name) in done.stderr.splitlines()[-1]  # the run prints its folder at the end
+    confusion = (run_dir / "confusion_matrix.csv").read_text().splitlines()
+    counts = [int(x) for line in confusion[1:] for x in line.split(",")[1:]]
+    assert sum(counts) == 360  # every test image counted once
+
+
+def test_resume_from_checkpoint(default_run, tmp_path):
+    runs, _ = default_run
+    last = (runs / "latest" / "last.ckpt").resolve()
+    epochs_done = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    run_dir = main(["--runs_dir", str(tmp_path), "--ckpt_path", str(last),
+                    "--trainer.max_epochs", str(epochs_done + 2), "--trainer.enable_progress_bar", "false"],
+                   DEFAULT_CONFIG)
+    resumed = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["epoch"] == epochs_done + 1
+
+
+def test_checkpoint_of_another_network_is_refused(default_run, tmp_path):
+    runs, _ = default_run
+    with pytest.raises(UserError, match="does not fit the network 'resnet18'.*config.yaml"):
+        main(["--runs_dir", str(tmp_path), "--model.network", "resnet18",
+              "--ckpt_path", str(runs / "latest" / "best.ckpt")], DEFAULT_CONFIG)
+    assert not any(tmp_path.iterdir())  # no run folder for a refused run
+
+
+def test_grid_runs_three_experiments_and_tabulates(tmp_path):
+    from imgclf.grid import run_grid
+
+    table = run_grid(REPO / "main.py", ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                                        "--trainer.enable_progress_bar", "false"], grid_dir=tmp_path)
+    assert table[["lr", "batch_size"]].values.tolist() == [[0.001, 64], [0.01, 64], [0.001, 128]]
+    assert (table["test_acc"] > 0).all() and (table["epochs"] == "1").all()
+    assert "| lr0.01-bs64 " in (tmp_path / "results.md").read_text()
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 4
+
+
+def test_fashion_mnist_short_run(fashion_mnist_real, tmp_path):
+    done = run_script("main.py", "--config", "configs/fashion_mnist.yaml", "--data.root", str(fashion_mnist_real),
+                      "--trainer.max_epochs", "1", "--runs_dir", str(tmp_path), "--trainer.enable_progress_bar",
+                      "false")
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "latest" / "metrics.json").read_text())
+    assert metrics["test/acc"] >= 0.88, metrics
+
+
+# ------------------------------------------------------------------------------------------ bad input
+def _fails(tmp_path, *args):
+    done = run_script("main.py", "--runs_dir", str(tmp_path / "runs"), *args)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    return done.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data.dataset", "mnist"], "Unknown dataset 'mnist'. Choose one of: digits"),
+    (["--model.network", "vgg"], "Unknown network 'vgg'. Choose one of: small_cnn"),
+    (["--model.learning_rate", "0.1"], "unrecognized arguments: --model.learning_rate"),
+    (["--ckpt_path", "nowhere.ckpt"], "Checkpoint nowhere.ckpt does not exist"),
+])
+def test_bad_arguments(tmp_path, args, message):
+    assert message in _fails(tmp_path, *args)
+
+
+def test_missing_data_folder(tmp_path):
+    stderr = _fails(tmp_path, "--data.dataset", "cifar10", "--data.root", str(tmp_path / "cifar"),
+                    "--data.download", "false")
+    assert "cifar10 dataset was not found" in stderr and "dvc pull data/cifar10.dvc" in stderr
+
+
+def test_truncated_data_file(tmp_path):
+    make_fashion_mnist(tmp_path / "fm")
+    path = tmp_path / "fm" / "t10k-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:100])
+    stderr = _fails(tmp_path, "--data.dataset", "fashion_mnist", "--data.root", str(tmp_path / "fm"))
+    assert "t10k-images-idx3-ubyte.gz" in stderr and "corrupt or truncated" in stderr
+
+
+def test_corrupt_checkpoint(tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    assert "Cannot read checkpoint" in _fails(tmp_path, "--ckpt_path", str(bad))
+
+
+def test_misspelt_config_file_key(tmp_path):
+    config = tmp_path / "bad.yaml"
+    shutil.copy(DEFAULT_CONFIG, config)
+    config.write_text(config.read_text().replace("batch_size:", "batchsize:"))
+    assert "batchsize" in _fails(tmp_path, "--config", str(config))
