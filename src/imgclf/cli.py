@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from imgclf.artifacts import RunArtifacts
 from imgclf.data import ImageDataModule
+from imgclf.distributed import check_trainer, launcher_job_id, with_timeout
 from imgclf.errors import UserError
 from imgclf.model import ImageClassifier
 from imgclf.tracking import DVCLiveConfusionMatrix, dvclive_logger_config
@@ -22,22 +24,35 @@ DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "cla
 
 
 def new_run_dir(runs_dir: Path, dataset: str, network: str, run_name: str | None = None) -> Path:
-    """The name of a fresh folder runs/<time>-<dataset>-<network> (or runs/<run_name>).
+    """The name of a fresh folder runs/<time or job id>-<dataset>-<network> (or runs/<run_name>), the same
+    on every rank.
 
     Only named here: `RunArtifacts` creates it when training starts, so a run refused for bad input
-    leaves no empty folder behind and runs/latest keeps pointing at the last real run.
+    leaves no empty folder behind and runs/latest keeps pointing at the last real run. Ranks that Lightning
+    re-launches inherit the name through IMGCLF_RUN_DIR; ranks that torchrun or srun start independently
+    name it after the launcher's job id (their clocks can tick apart).
     """
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = runs_dir / (run_name or f"{stamp}-{dataset}-{network}")
-    if run_name and run_dir.exists():  # a stable path (e.g. a DVC stage output, which DVC deletes first)
-        raise UserError(f"Run folder {run_dir} already exists and --run_name never overwrites a run. "
-                        f"Delete or rename it, or pick another --run_name.")
-    suffix = 1
-    while run_dir.exists():  # two runs started in the same second
-        suffix += 1
-        run_dir = runs_dir / f"{stamp}-{dataset}-{network}-{suffix}"
+    job_id = launcher_job_id()
+    if run_name:
+        run_dir = runs_dir / run_name
+        if rank_zero_only.rank == 0 and run_dir.exists():  # a stable path, e.g. a DVC stage output
+            raise UserError(f"Run folder {run_dir} already exists and --run_name never overwrites a run. "
+                            f"Delete or rename it, or pick another --run_name.")
+    elif job_id:
+        run_dir = runs_dir / f"{job_id}-{dataset}-{network}"
+        if rank_zero_only.rank == 0 and run_dir.exists():
+            raise UserError(f"Run folder {run_dir} already exists: a job with the same id ran before. Start "
+                            f"the job with a new id (torchrun --rdzv-id, or a new SLURM job), or set "
+                            f"--runs_dir to another folder.")
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = runs_dir / f"{stamp}-{dataset}-{network}"
+        suffix = 1
+        while run_dir.exists():  # two runs started in the same second
+            suffix += 1
+            run_dir = runs_dir / f"{stamp}-{dataset}-{network}-{suffix}"
     os.environ[RUN_DIR_ENV] = str(run_dir)
     return run_dir
 
@@ -71,6 +86,9 @@ class ImageClassificationCLI(LightningCLI):
         parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of the run folders.")
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="Run folder name under runs_dir, instead of <time>-<dataset>-<network>.")
+        parser.add_argument("--ddp_timeout_s", type=int, default=600,
+                            help="Multi-process runs: seconds a rank waits for the others in a collective "
+                                 "before the job fails (applies to strategies given by name, e.g. ddp).")
         for key in DATA_TO_MODEL:
             parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
 
@@ -91,9 +109,16 @@ class ImageClassificationCLI(LightningCLI):
             save_last=True, auto_insert_metric_name=False,
         )
         self.artifacts = RunArtifacts(self.run_dir)
-        extra = kwargs.pop("callbacks", None) or []
-        callbacks = [*extra, self.checkpoint, self.artifacts, DVCLiveConfusionMatrix()]
-        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+        trainer_config = self.config_init.trainer
+        configured = trainer_config.callbacks or []  # --trainer.callbacks: passing callbacks= replaces them
+        configured = configured if isinstance(configured, list) else [configured]
+        strategy = with_timeout(trainer_config.strategy, timedelta(seconds=self.config.ddp_timeout_s))
+        trainer = super().instantiate_trainer(
+            callbacks=[*configured, self.checkpoint, self.artifacts, DVCLiveConfusionMatrix()],
+            strategy=strategy, **kwargs,
+        )
+        check_trainer(trainer, trainer_config.sync_batchnorm, self.datamodule.global_batch_size)
+        return trainer
 
 
 def main(args: list[str] | None = None, default_config: Path | None = None) -> Path:

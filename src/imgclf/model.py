@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from imgclf.backbones import load_pretrained
@@ -75,6 +75,8 @@ class ImageClassifier(L.LightningModule):
         self.net = build_network(network, in_channels, num_classes)
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Epoch losses as metrics: summed over all images of all ranks, not a mean of per-rank means.
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
@@ -104,26 +106,33 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = self._loss(logits, labels)
         self.train_acc(logits, labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.train_loss.update(loss.detach(), weight=len(labels))
+        self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))
         return loss
 
-    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection):
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection,
+                  loss: MeanMetric):
         images, labels = batch
         logits = self(images)
-        # Metric objects sync their counts across ranks: each image counts once, also under DDP.
-        metrics.update(logits, labels)
-        self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, sync_dist=True,
-                 batch_size=len(labels))
+        # Metric objects sync their counts across ranks: each image counts once, also under DDP. A rank's
+        # batch can be empty (its shard is smaller than the others'); it still logs, so that every rank
+        # joins the metric sync at the end of the epoch.
+        if len(labels):
+            metrics.update(logits, labels)
+            loss.update(self._loss(logits, labels), weight=len(labels))
+        self.log(f"{stage}/loss", loss, on_epoch=True)
         self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val")
         return logits
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._evaluate(batch, "val", self.val_metrics)
+        self._evaluate(batch, "val", self.val_metrics, self.val_loss)
 
     def test_step(self, batch, batch_idx: int) -> None:
-        logits = self._evaluate(batch, "test", self.test_metrics)
-        self.test_confmat.update(logits, batch[1])
+        logits = self._evaluate(batch, "test", self.test_metrics, self.test_loss)
+        if len(logits):
+            self.test_confmat.update(logits, batch[1])
 
     def on_test_epoch_end(self) -> None:
         self.test_confusion = self.test_confmat.compute().cpu()

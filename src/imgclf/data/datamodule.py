@@ -12,6 +12,7 @@ from imgclf.data.file_data import FileData
 from imgclf.data.files import SplitOptions
 from imgclf.data.loaders import InMemoryBatches
 from imgclf.data.readers import ImageArrays
+from imgclf.distributed import per_device_batch_size
 from imgclf.errors import UserError
 
 
@@ -32,6 +33,9 @@ class ImageDataModule(L.LightningDataModule):
         root: folder holding the dataset's files; default data/<dataset> (Fashion-MNIST also looks in
             /usr/share/datasets/fashion-mnist, where Debian's dataset-fashion-mnist puts it).
         batch_size: training batch size per device (under DDP the global batch is this times the devices).
+        global_batch_size: training batch size summed over all devices and nodes; when set, it replaces
+            batch_size, which becomes global_batch_size / world size (it must divide evenly), so the
+            optimization does not change when the device count does.
         eval_batch_size: validation/test batch size per device.
         val_fraction: share of the official training set held out for validation.
         split_seed: seed of the train/val split (kept apart from the training seed on purpose).
@@ -52,6 +56,7 @@ class ImageDataModule(L.LightningDataModule):
         dataset: str = "digits",
         root: str | None = None,
         batch_size: int = 64,
+        global_batch_size: int | None = None,
         eval_batch_size: int = 1024,
         val_fraction: float = 0.1,
         split_seed: int = 0,
@@ -74,6 +79,8 @@ class ImageDataModule(L.LightningDataModule):
         self.root = self.spec.locate(root, data_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.augment = val_fraction, split_seed, augment
+        self.global_batch_size = global_batch_size
+        self.shuffle_seed = 0
         self.splits: dict[str, ImageArrays] = {}
         self.file_data: FileData | None = None
         if self.spec.list_files is not None:  # large images: decoded in DataLoader workers (file_data.py)
@@ -111,6 +118,12 @@ class ImageDataModule(L.LightningDataModule):
         self.spec.fetch(self.root, self.hparams.download)  # once per node (rank 0): the only download
 
     def setup(self, stage: str | None = None) -> None:
+        if self.trainer:
+            if self.global_batch_size is not None:
+                self.batch_size = per_device_batch_size(self.global_batch_size, self.trainer.world_size)
+            # Every rank must shuffle with the same permutation, or the shards overlap. Without seed_everything
+            # each process starts from its own random torch seed, so all take rank 0's.
+            self.shuffle_seed = self.trainer.strategy.broadcast(torch.initial_seed() % 2**31)
         if self.splits:
             return
         if self.file_data is not None:
@@ -138,8 +151,7 @@ class ImageDataModule(L.LightningDataModule):
             self.splits[split],
             self.batch_size if train else self.eval_batch_size,
             shuffle=train,
-            # seed_everything gives every rank the same initial seed, hence the same permutation to shard.
-            seed=torch.initial_seed() % 2**31,
+            seed=self.shuffle_seed,
             rank=rank,
             world_size=world,
             epoch=lambda: self.trainer.current_epoch if self.trainer else 0,

@@ -1,0 +1,81 @@
+"""Multi-process training (DDP) helpers: a run name every rank agrees on, a bounded process-group timeout,
+the per-device share of a global batch, and settings that cannot work checked before training starts.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+
+import lightning as L
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.strategies import StrategyRegistry
+
+from imgclf.errors import UserError
+
+
+def launcher_job_id(env: Mapping[str, str] = os.environ) -> str | None:
+    """An id that every process of a multi-process job started by torchrun or srun sees, else None.
+
+    Such processes start independently (a timestamp taken in each may differ by a second), so they name the
+    run folder after the job instead. Single processes and ranks that Lightning re-launches return None.
+    """
+    run_id = env.get("TORCHELASTIC_RUN_ID")
+    if run_id is not None and int(env.get("WORLD_SIZE", "1")) > 1:
+        if run_id == "none":  # torchrun's default when --rdzv-id is not given: the same for every job
+            raise UserError(
+                "torchrun was started without --rdzv-id, so the processes of this job cannot agree on a run "
+                "folder name that differs from earlier jobs. Pass a unique id, e.g. "
+                "`torchrun --rdzv-id=$SLURM_JOB_ID ...` or `--rdzv-id=$(date +%Y%m%d-%H%M%S)`, or set "
+                "IMGCLF_RUN_DIR=runs/<name> on every node."
+            )
+        return "torchrun-" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
+    # Inside an srun step (not the batch script itself): job and step ids are shared and unique.
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env:
+        return f"slurm-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}"
+    return None
+
+
+def with_timeout(strategy: object, timeout: timedelta) -> object:
+    """Build a strategy given by name (ddp, ddp_find_unused_parameters_true, fsdp...) with `timeout`.
+
+    The timeout bounds how long a rank waits in a collective (gradient all-reduce, barrier, metric sync) for
+    a peer that hangs, so a stuck job fails with a timeout error instead of blocking until it is killed.
+    Strategy objects configured by the user, and names of strategies without a timeout, pass unchanged.
+    """
+    if timeout <= timedelta(0):
+        raise UserError("--ddp_timeout_s must be a positive number of seconds, got "
+                        f"{timeout.total_seconds():g}.")
+    if not isinstance(strategy, str) or strategy not in StrategyRegistry:
+        return strategy
+    entry = StrategyRegistry[strategy]
+    if "timeout" not in inspect.signature(entry["strategy"]).parameters:
+        return strategy
+    return entry["strategy"](**{**entry["init_params"], "timeout": timeout})
+
+
+def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
+    """The batch each of `world_size` processes takes so that together they step on `global_batch_size`."""
+    per_device, remainder = divmod(global_batch_size, world_size)
+    if remainder or per_device < 2:
+        raise UserError(
+            f"--data.global_batch_size {global_batch_size} cannot be split over {world_size} processes "
+            f"(devices x nodes): it must be a multiple of {world_size} with at least 2 images per process. "
+            f"Use e.g. {max(2, round(global_batch_size / world_size)) * world_size}, or set "
+            f"--data.batch_size (per device) instead."
+        )
+    return per_device
+
+
+def check_trainer(trainer: L.Trainer, sync_batchnorm: bool, global_batch_size: int | None) -> None:
+    """Refuse, before any process starts, settings that would only fail deep inside training."""
+    if global_batch_size is not None:
+        per_device_batch_size(global_batch_size, trainer.world_size)
+    if sync_batchnorm and isinstance(trainer.accelerator, CPUAccelerator) and trainer.world_size > 1:
+        raise UserError(
+            "--trainer.sync_batchnorm true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU. Drop the "
+            "flag for CPU runs (each process then normalizes with its own batch statistics)."
+        )
