@@ -11,6 +11,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from imgclf.augment import tta_logits
 from imgclf.networks import PixelNormalize, build_network
 
 
@@ -37,6 +38,9 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         schedule: onecycle (warm up then anneal, sized from the trainer's step count) or constant.
         warmup_fraction: share of the steps spent warming up in the one-cycle schedule.
+        tta: evaluate (validation, test) on the mean logits of flipped and 1-pixel-shifted copies of each
+            image; only for data whose labels survive a horizontal flip (not digits).
+        compile: torch.compile the network (pays a compile time once; worth it for longer GPU runs).
         num_classes, in_channels, image_size, mean, std, class_names: describe the data; the CLI fills
             them from the DataModule, and they are saved in the checkpoint for export.
     """
@@ -51,6 +55,8 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         schedule: Literal["onecycle", "constant"] = "onecycle",
         warmup_fraction: float = 0.25,
+        tta: bool = False,
+        compile: bool = False,
         num_classes: int = 10,
         in_channels: int = 1,
         image_size: tuple[int, int] = (8, 8),
@@ -73,6 +79,21 @@ class ImageClassifier(L.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))
 
+    def setup(self, stage: str) -> None:
+        if self.hparams.compile:
+            self.net.compile()  # in place: parameter names, hence checkpoints, stay those of the plain network
+
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            self.to(memory_format=torch.channels_last)  # the layout tensor cores want for bf16 convolutions
+        # Networks with a data-dependent first layer (airbench's whitening) get it from training images,
+        # unless a resumed checkpoint already holds it.
+        if hasattr(self.net, "init_whitening") and self.trainer.ckpt_path is None:
+            images, _ = next(iter(self.trainer.datamodule.train_dataloader()))
+            # Under DDP each rank draws another shard; rank 0's batch keeps the frozen layer equal everywhere.
+            images = self.trainer.strategy.broadcast(images.to(self.device))
+            self.net.init_whitening(self.normalize(images))
+
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
 
@@ -87,7 +108,7 @@ class ImageClassifier(L.LightningModule):
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection):
         images, labels = batch
-        logits = self(images)
+        logits = tta_logits(self, images) if self.hparams.tta else self(images)
         # Metric objects sync their counts across ranks: each image counts once, also under DDP.
         metrics.update(logits, labels)
         self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, sync_dist=True,
