@@ -81,7 +81,7 @@ class ImageClassifier(L.LightningModule):
 
     def setup(self, stage: str) -> None:
         if self.hparams.compile:
-            self.net.compile()  # in place: parameter names, hence checkpoints, stay those of the plain network
+            self.net.compile()  # in place: parameter names (so checkpoints) stay those of the plain network
 
     def on_fit_start(self) -> None:
         if self.device.type == "cuda":

@@ -70,7 +70,7 @@ class Whitening(nn.Conv2d):
     def init_from(self, images: torch.Tensor) -> None:
         c, k = self.in_channels, self.kernel_size[0]
         patches = images.float().unfold(2, k, 1).unfold(3, k, 1)  # [N, C, H', W', k, k]
-        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)  # one row per patch, (C, k, k) order
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * k * k)  # a row per patch, (C, k, k) order
         covariance = patches.T @ patches / len(patches)
         eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         filters = (eigenvectors.T / torch.sqrt(eigenvalues + self.eps)[:, None]).reshape(-1, c, k, k)
@@ -79,8 +79,8 @@ class Whitening(nn.Conv2d):
 
 def conv_bn_gelu(c_in: int, c_out: int) -> nn.Sequential:
     conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
-    nn.init.dirac_(conv.weight[: min(c_in, c_out)])  # start half the filters as identity: signal flows at step 0
-    # BatchNorm momentum 0.4 (PyTorch's convention): a run of a few hundred steps needs fast-moving statistics.
+    nn.init.dirac_(conv.weight[: min(c_in, c_out)])  # identity filters: signal flows at step 0
+    # BatchNorm momentum 0.4 (PyTorch's convention): a run of a few hundred steps needs fast statistics.
     return nn.Sequential(conv, nn.BatchNorm2d(c_out, momentum=0.4), nn.GELU())
 
 
@@ -104,7 +104,8 @@ class AirbenchNet(nn.Module):
             c_in = width
         layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes, bias=False)]
         self.layers = nn.Sequential(*layers)
-        self.logit_scale = logit_scale  # small logits at init: the softmax starts near uniform, so early steps are stable
+        # Small logits at init: the softmax starts near uniform, so the first large-lr steps stay stable.
+        self.logit_scale = logit_scale
 
     def init_whitening(self, images: torch.Tensor) -> None:
         self.whiten.init_from(images)
