@@ -24,5 +24,11 @@ class EMAWeightAveraging(WeightAveraging):
         super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
         self.every_n_steps, self.start_step = every_n_steps, start_step
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # Lightning sets callbacks up before it moves the module to the GPU, so the parent would keep the
+        # average on the CPU and copy every parameter to the host at each update: pin it to the training device.
+        self._device = self._device or trainer.strategy.root_device
+        super().setup(trainer, pl_module, stage)
+
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.bench.pipeline import build
+from imgclf.data import ImageArrays
 from imgclf.model import ImageClassifier
 
 
@@ -49,7 +50,10 @@ def plain_step_seconds(config: dict, data_root: Path | None, warmup: int, steps:
     _, model, data, _ = build(config, data_root, limit)
     on_gpu = torch.cuda.is_available() and config["trainer"].get("accelerator") != "cpu"
     device = torch.device("cuda" if on_gpu else "cpu")
-    data.setup("fit")  # no trainer: the data stays on the CPU, so move each batch like Lightning would
+    data.setup("fit")
+    # Without a trainer the data stays on the CPU: put it on the device, as the DataModule does in Lightning.
+    data.splits = {name: ImageArrays(split.images.to(device), split.labels.to(device))
+                   for name, split in data.splits.items()}
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
@@ -63,7 +67,6 @@ def plain_step_seconds(config: dict, data_root: Path | None, warmup: int, steps:
         for images, labels in data.train_dataloader():
             if step == warmup:
                 start = _now(device)
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             images = data.spec.augment(images) if data.augment else images
             with autocast:
                 loss = F.cross_entropy(model(images), labels, label_smoothing=model.hparams.label_smoothing)

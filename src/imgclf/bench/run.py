@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -42,6 +42,9 @@ def device_name() -> str:
 
 
 def run_benchmark(opts: BenchOptions) -> dict:
+    if opts.tiny:  # a smoke test: seconds, not minutes
+        opts = replace(opts, budget_seconds=min(opts.budget_seconds, 5.0), evals_per_epoch=1,
+                       overhead_steps=min(opts.overhead_steps, 3))
     config = load_config(opts.config or default_config())
     limit = TINY_LIMIT if opts.tiny else None
     data_root = opts.data_root or get_dataset("fashion_mnist").locate(None)
@@ -96,7 +99,8 @@ def format_table(r: dict) -> str:
         lines.append(f"{curve['name']}: best {best:.2%}, {curve['images_per_second']:.0f} training images/s")
     o = r["overhead"]
     lines += ["", f"Per step, batch {o['batch_size']}, {o['steps']} steps: "
-                  f"plain loop {o['plain_step_ms']:.1f} ms, Lightning {o['lightning_step_ms']:.1f} ms, overhead ratio {o['overhead_ratio']:.3f}",
+                  f"plain loop {o['plain_step_ms']:.1f} ms, Lightning {o['lightning_step_ms']:.1f} ms, "
+                  f"overhead ratio {o['overhead_ratio']:.3f}",
               f"Training throughput: plain {o['plain_images_per_second']:.0f} images/s, "
               f"Lightning {o['lightning_images_per_second']:.0f} images/s"]
     return "\n".join(lines)
