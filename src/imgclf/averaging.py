@@ -26,7 +26,7 @@ class EMAWeightAveraging(WeightAveraging):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # Lightning sets callbacks up before it moves the module to the GPU, so the parent would keep the
-        # average on the CPU and copy every parameter to the host at each update: pin it to the training device.
+        # average on the CPU and copy all parameters to the host at each step: keep it on the training device.
         self._device = self._device or trainer.strategy.root_device
         super().setup(trainer, pl_module, stage)
 
