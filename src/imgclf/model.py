@@ -12,6 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from imgclf.augment import tta_logits
+from imgclf.errors import UserError
 from imgclf.networks import PixelNormalize, build_network
 
 
@@ -89,6 +90,10 @@ class ImageClassifier(L.LightningModule):
         # Networks with a data-dependent first layer (airbench's whitening) get it from training images,
         # unless a resumed checkpoint already holds it.
         if hasattr(self.net, "init_whitening") and self.trainer.ckpt_path is None:
+            if self.trainer.datamodule is None:
+                raise UserError(f"The {self.hparams.network!r} network initialises its first layer from training "
+                                f"images, which it asks the DataModule for: fit it with datamodule=..., not "
+                                f"with bare dataloaders.")
             images, _ = next(iter(self.trainer.datamodule.train_dataloader()))
             # Under DDP each rank draws another shard; rank 0's batch keeps the frozen layer equal everywhere.
             images = self.trainer.strategy.broadcast(images.to(self.device))
