@@ -91,9 +91,9 @@ class ImageClassifier(L.LightningModule):
         # unless a resumed checkpoint already holds it.
         if hasattr(self.net, "init_whitening") and self.trainer.ckpt_path is None:
             if self.trainer.datamodule is None:
-                raise UserError(f"The {self.hparams.network!r} network initialises its first layer from training "
-                                f"images, which it asks the DataModule for: fit it with datamodule=..., not "
-                                f"with bare dataloaders.")
+                raise UserError(f"The {self.hparams.network!r} network initialises its first layer from "
+                                f"training images, which it asks the DataModule for: fit it with "
+                                f"datamodule=..., not with bare dataloaders.")
             images, _ = next(iter(self.trainer.datamodule.train_dataloader()))
             # Under DDP each rank draws another shard; rank 0's batch keeps the frozen layer equal everywhere.
             images = self.trainer.strategy.broadcast(images.to(self.device))
