@@ -132,11 +132,13 @@ def trained_run(fashion_mnist_dir: Path, tmp_path_factory) -> Path:
     ])
 
 
+@pytest.mark.slow
 def test_fast_network_learns_fashion_mnist(trained_run: Path) -> None:
     metrics = json.loads((trained_run / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.70  # chance is 0.10; a full CPU run reaches 0.9+
 
 
+@pytest.mark.slow
 def test_tta_does_not_lower_accuracy(trained_run: Path, fashion_mnist_dir: Path) -> None:
     model = ImageClassifier.load_from_checkpoint(trained_run / "best.ckpt", map_location="cpu").eval()
     dm = ImageDataModule(dataset="fashion_mnist", root=str(fashion_mnist_dir))
@@ -150,6 +152,7 @@ def test_tta_does_not_lower_accuracy(trained_run: Path, fashion_mnist_dir: Path)
     assert tta >= plain - 0.01, (tta, plain)
 
 
+@pytest.mark.slow
 def test_benchmark_tiny_mode(fashion_mnist_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     script = REPO / "bench" / "time_to_accuracy.py"
