@@ -6,6 +6,7 @@ and the images never leave the GPU.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -46,3 +47,17 @@ def crop_at(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w:
     cropped = padded.gather(2, rows)
     cols = (dx[:, None] + torch.arange(w, device=padded.device))[:, None, None, :].expand(n, c, h, w)
     return cropped.gather(3, cols)
+
+
+def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Test-time augmentation (airbench): the mean logits of the image and its mirror, averaged half and half
+    with those of copies shifted one pixel up-left and down-right (zero-filled, as in training)."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (1,) * 4)
+    corner = torch.zeros(n, dtype=torch.long, device=images.device)
+    shifted = [crop_at(padded, corner + offset, corner + offset, h, w) for offset in (0, 2)]
+
+    def mirrored(x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(x) + model(x.flip(-1)))
+
+    return 0.5 * mirrored(images) + 0.25 * (mirrored(shifted[0]) + mirrored(shifted[1]))

@@ -11,7 +11,9 @@ from torch import nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from imgclf.augment import tta_logits
 from imgclf.backbones import load_pretrained
+from imgclf.errors import UserError
 from imgclf.finetune import drop_backbone_grads, parameter_groups
 from imgclf.networks import PixelNormalize, build_network
 
@@ -39,6 +41,9 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         schedule: onecycle (warm up then anneal, sized from the trainer's step count) or constant.
         warmup_fraction: share of the steps spent warming up in the one-cycle schedule.
+        tta: evaluate (validation, test) on the mean logits of flipped and 1-pixel-shifted copies of each
+            image; only for data whose labels survive a horizontal flip (not digits).
+        compile: torch.compile the network (pays a compile time once; worth it for longer GPU runs).
         num_classes, in_channels, image_size, mean, std, class_names: describe the data; the CLI fills
             them from the DataModule, and they are saved in the checkpoint for export.
         weights: start a torchvision network from pretrained weights: "imagenet" (torchvision's, needs
@@ -58,6 +63,8 @@ class ImageClassifier(L.LightningModule):
         label_smoothing: float = 0.0,
         schedule: Literal["onecycle", "constant"] = "onecycle",
         warmup_fraction: float = 0.25,
+        tta: bool = False,
+        compile: bool = False,
         num_classes: int = 10,
         in_channels: int = 1,
         image_size: tuple[int, int] = (8, 8),
@@ -90,6 +97,8 @@ class ImageClassifier(L.LightningModule):
             load_pretrained(self.net, self.hparams.network, self.hparams.weights)
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)  # convs then run NHWC, whatever the input's layout
+        if self.hparams.compile:
+            self.net.compile()  # in place: parameter names (so checkpoints) stay those of the plain network
 
     def on_before_optimizer_step(self, optimizer) -> None:
         if self.current_epoch < self.hparams.freeze_backbone_epochs:
@@ -97,6 +106,19 @@ class ImageClassifier(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.normalize(images))
+
+    def on_fit_start(self) -> None:
+        # Networks with a data-dependent first layer (airbench's whitening) get it from training images,
+        # unless a resumed checkpoint already holds it.
+        if hasattr(self.net, "init_whitening") and self.trainer.ckpt_path is None:
+            if self.trainer.datamodule is None:
+                raise UserError(f"The {self.hparams.network!r} network initialises its first layer from "
+                                f"training images, which it asks the DataModule for: fit it with "
+                                f"datamodule=..., not with bare dataloaders.")
+            images, _ = next(iter(self.trainer.datamodule.train_dataloader()))
+            # Under DDP each rank draws another shard; rank 0's batch keeps the frozen layer equal everywhere.
+            images = self.trainer.strategy.broadcast(images.to(self.device))
+            self.net.init_whitening(self.normalize(images))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
@@ -115,7 +137,7 @@ class ImageClassifier(L.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection,
                   loss: MeanMetric):
         images, labels = batch
-        logits = self(images)
+        logits = tta_logits(self, images) if self.hparams.tta else self(images)
         # Metric objects sync their counts across ranks: each image counts once, also under DDP. A rank's
         # batch can be empty (its shard is smaller than the others'); it still logs, so that every rank
         # joins the metric sync at the end of the epoch.

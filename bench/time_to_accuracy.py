@@ -1,0 +1,30 @@
+"""Time to Fashion-MNIST test accuracy: this pipeline vs a seed-style baseline, plus Lightning's overhead.
+
+    uv run python bench/time_to_accuracy.py                       # full run (CPU: ~10-20 minutes)
+    uv run python bench/time_to_accuracy.py --tiny                # seconds: a check that it all runs
+    uv run python bench/time_to_accuracy.py --budget-seconds 300 --json runs/bench.json
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from imgclf.bench.run import BenchOptions, run_benchmark
+from imgclf.errors import UserError
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, help="fast-recipe config (default: by device, configs/fast_*)")
+    parser.add_argument("--data-root", type=Path, help="folder with the Fashion-MNIST idx files (.gz or not)")
+    parser.add_argument("--budget-seconds", type=float, default=600.0, help="training-time cap per pipeline")
+    parser.add_argument("--evals-per-epoch", type=int, default=4, help="test evaluations per training epoch")
+    parser.add_argument("--overhead-steps", type=int, default=30, help="timed steps per overhead measurement")
+    parser.add_argument("--tiny", action="store_true", help="smoke test: 2048 train, 1000 test images, 5 s")
+    parser.add_argument("--json", type=Path, default=Path("runs/time_to_accuracy.json"), help="results file")
+    args = parser.parse_args()
+    try:
+        run_benchmark(BenchOptions(args.config, args.data_root, args.budget_seconds, args.evals_per_epoch,
+                                   args.overhead_steps, args.tiny, args.json))
+    except UserError as e:
+        sys.exit(f"error: {e}")
