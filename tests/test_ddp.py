@@ -277,12 +277,14 @@ def test_a_hung_rank_times_out_instead_of_hanging(tmp_path: Path) -> None:
     Under heavy CPU contention rank 1 can take longer than the timeout to start and join the process group;
     then the same timeout ends the job at the rendezvous instead, which this test accepts too.
     """
-    timeout_s = 40
+    timeout_s = 25
     code, latency, log = failing_run(tmp_path, ["--trainer.callbacks.hang_s", "600",
                                                 "--ddp_timeout_s", str(timeout_s)])
     assert code != 0
     if latency is None:  # rank 1 never reached the step that hangs
         assert re.search(r"Timed out after \d+ seconds waiting for clients", log), log[-3000:]
     else:
-        assert f"Timed out waiting {timeout_s * 1000}ms" in log, log[-3000:]
+        # gloo words it either way, depending on which side of the collective notices first
+        assert re.search(rf"Timed out waiting {timeout_s * 1000}ms|Application timeout caused pair closure", log), \
+            log[-3000:]
         assert latency < timeout_s + 60, f"the job lived {latency:.0f} s after rank 1 hung"

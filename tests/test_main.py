@@ -53,7 +53,7 @@ def test_checkpoint_of_another_network_is_refused(default_run, tmp_path):
     with pytest.raises(UserError, match="does not fit the network 'resnet18'.*config.yaml"):
         main(["--runs_dir", str(tmp_path), "--model.network", "resnet18",
               "--ckpt_path", str(runs / "latest" / "best.ckpt")], DEFAULT_CONFIG)
-    assert not any(tmp_path.iterdir())  # no run folder for a refused run
+    assert not (tmp_path / "latest").exists()  # runs/latest not moved to a refused run
 
 
 def test_grid_runs_three_experiments_and_tabulates(tmp_path):
@@ -82,7 +82,7 @@ def _fails(tmp_path, *args):
     done = run_script("main.py", "--runs_dir", str(tmp_path / "runs"), *args)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs" / "latest").exists()  # runs/latest still points at the last real run
     return done.stderr
 
 
