@@ -165,6 +165,7 @@ def duplicate_summary(duplicates: pd.DataFrame, split_names: list[str]) -> pd.Da
 def most_confused_pairs(confusion_csv: str | Path, top: int = 10) -> pd.DataFrame:
     """The largest off-diagonal cells of a run's confusion_matrix.csv (rows true, columns predicted)."""
     matrix = pd.read_csv(confusion_csv, index_col=0)
+    matrix.index = matrix.index.astype(str)  # class names "0".."9" would otherwise come back as integers
     counts = matrix.to_numpy()
     per_class = counts.sum(axis=1)
     pairs = [(matrix.index[i], matrix.columns[j], int(counts[i, j]), counts[i, j] / per_class[i])
@@ -177,7 +178,8 @@ def most_confused_pairs(confusion_csv: str | Path, top: int = 10) -> pd.DataFram
 def size_table(sizes: np.ndarray) -> pd.DataFrame:
     """Width, height and aspect ratio (width / height) of each image, from an array [N, 2] of (w, h)."""
     sizes = np.asarray(sizes, dtype=np.float64)
-    return pd.DataFrame({"width": sizes[:, 0], "height": sizes[:, 1], "aspect ratio": sizes[:, 0] / sizes[:, 1]})
+    width, height = sizes[:, 0], sizes[:, 1]
+    return pd.DataFrame({"width": width, "height": height, "aspect ratio": width / height})
 
 
 def box_area_fraction(sizes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
