@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from imgclf.artifacts import RunArtifacts
+from imgclf.checkpoints import read_checkpoint
 from imgclf.data import ImageDataModule
 from imgclf.distributed import check_trainer, launcher_job_id, with_timeout
 from imgclf.errors import UserError
@@ -59,14 +60,9 @@ def new_run_dir(runs_dir: Path, dataset: str, network: str, run_name: str | None
 
 def check_checkpoint(path: str, model: torch.nn.Module) -> None:
     """Refuse a checkpoint that is missing, unreadable or of another network, before training starts."""
-    if not Path(path).is_file():
-        raise UserError(f"Checkpoint {path} does not exist. Pass a .ckpt file written by a run "
-                        f"(for example runs/latest/last.ckpt) to --ckpt_path.")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    except Exception as e:
-        raise UserError(f"Cannot read checkpoint {path} ({type(e).__name__}: {e}). It is corrupt or not a "
-                        f"Lightning checkpoint; pass a .ckpt file written by a run of main.py.") from e
+    raw = read_checkpoint(path, "Pass a .ckpt file written by a run (for example runs/latest/last.ckpt) "
+                                "to --ckpt_path.")
+    state = raw.get("state_dict", {}) if isinstance(raw, dict) else {}
     expected = model.state_dict()
     wrong = [k for k, v in expected.items() if k not in state or state[k].shape != v.shape]
     unexpected = [k for k in state if k not in expected]

@@ -7,8 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from imgclf.checkpoints import read_checkpoint
 from imgclf.data import ImageDataModule
 from imgclf.errors import UserError
 from imgclf.model import ImageClassifier
@@ -50,15 +49,8 @@ class Checkpoint:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Checkpoint {path} does not exist. Train a model first (`uv run python main.py`, "
-                        f"which writes runs/<run>/best.ckpt and points runs/latest at it) or pass "
-                        f"--ckpt runs/<run>/best.ckpt.")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated zip or a random file: torch raises many types
-        raise UserError(f"Cannot read checkpoint {path} ({type(e).__name__}: {e}). It is corrupt or not a "
-                        f"PyTorch checkpoint; pass a best.ckpt written by main.py.") from e
+    raw = read_checkpoint(path, "Train a model first (`uv run python main.py`, which writes runs/<run>/best.ckpt "
+                                "and points runs/latest at it) or pass --ckpt runs/<run>/best.ckpt.")
     hparams = raw.get("hyper_parameters") if isinstance(raw, dict) else None
     if not isinstance(hparams, dict) or "network" not in hparams or "state_dict" not in raw:
         raise UserError(f"{path} is not a checkpoint of this project's ImageClassifier (no state_dict or "
