@@ -62,7 +62,7 @@ def test_grid_runs_three_experiments_and_tabulates(tmp_path):
     table = run_grid(REPO / "main.py", ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
                                         "--trainer.enable_progress_bar", "false"], grid_dir=tmp_path)
     assert table[["lr", "batch_size"]].values.tolist() == [[0.001, 64], [0.01, 64], [0.001, 128]]
-    assert (table["test_acc"] > 0).all() and (table["epochs"] == "1").all()
+    assert (table["test_acc"] > 0).all() and (table["epochs"] == 1).all()
     assert "| lr0.01-bs64 " in (tmp_path / "results.md").read_text()
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 4
 

@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from imgclf.cli import RUN_DIR_ENV
 from imgclf.errors import UserError
@@ -38,9 +39,7 @@ def run_grid(main_script: Path, extra_args: list[str], grid_dir: Path | None = N
             raise UserError(f"Experiment {name} failed (exit {done.returncode}); its output is above and its "
                             f"files in {run_dir}. Results of the finished experiments are in {grid_dir}.")
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        config = (run_dir / "config.yaml").read_text()
-        epochs = next((line.split(":")[1].strip() for line in config.splitlines()
-                       if line.strip().startswith("max_epochs:")), "?")
+        epochs = yaml.safe_load((run_dir / "config.yaml").read_text())["trainer"]["max_epochs"]
         rows.append({"experiment": name, "lr": lr, "batch_size": batch_size, "epochs": epochs,
                      "test_acc": round(metrics["test/acc"], 4),
                      "train_seconds": round(metrics.get("fit_seconds", float("nan")), 1)})
