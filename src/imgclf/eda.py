@@ -1,6 +1,7 @@
 """Statistics and plots behind EDA.ipynb: look at the data before training on it.
 
-Everything here takes what the project's own `ImageDataModule` holds (`ImageArrays` per split), so the
+Everything here takes what the project's own `ImageDataModule` holds per split: `ImageArrays` for the
+datasets kept in memory, an `ImageFileDataset` for datasets of image files (Stanford Cars, folders). So the
 notebook reads data exactly as training does and stays a short list of calls with one sentence each.
 """
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -18,10 +19,15 @@ import torch
 import yaml
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
 
 from imgclf.data import ImageArrays, ImageDataModule
+from imgclf.data.files import BAD_LABEL, ImageFileDataset
+from imgclf.errors import UserError
 
 NORMALIZATION_TOLERANCE = 0.01  # on the 0-1 scale; the catalog's constants are rounded to 4 decimals
+Split = ImageArrays | ImageFileDataset
 
 
 def load_datamodule(config: str | Path) -> ImageDataModule:
@@ -30,17 +36,63 @@ def load_datamodule(config: str | Path) -> ImageDataModule:
     return ImageDataModule(**data)
 
 
-def is_present(datamodule: ImageDataModule) -> bool:
-    """Whether the dataset's files are already there, so setup() will read them rather than download."""
-    return datamodule.spec.is_present(datamodule.root)
+def open_datasets(configs: Iterable[str | Path]) -> dict[str, ImageDataModule]:
+    """The set-up DataModule of each config, by dataset name; a config whose data cannot be read (not
+    fetched yet, corrupt, a bad setting) is skipped with the reason printed, so the rest still runs.
+
+    setup() never downloads (prepare_data does): a notebook only looks at what is already on disk.
+    """
+    modules = {}
+    for config in configs:
+        try:
+            datamodule = load_datamodule(config)
+            datamodule.setup()
+        except (UserError, OSError, TypeError) as e:  # TypeError: a key the DataModule does not take
+            print(f"skipped {config}: {e}")
+            continue
+        modules[datamodule.spec.name] = datamodule
+    return modules
+
+
+def is_file_dataset(split: Split) -> bool:
+    return isinstance(split, ImageFileDataset)
+
+
+def model_input(split: Split, index: int) -> torch.Tensor:
+    """Image `index` as the model receives it at evaluation (for files: decoded, resized, centre-cropped)."""
+    return split.evaluation_view()[index][0] if is_file_dataset(split) else split.images[index]
+
+
+def pixel_batches(split: Split, limit: int | None = None, seed: int = 0, batch_size: int = 256,
+                  num_workers: int = 0) -> Iterator[torch.Tensor]:
+    """The split's images as uint8 batches [B, C, H, W], as the model receives them at evaluation.
+
+    In-memory splits give all their images. File splits are decoded, so at most `limit` of them (a fixed
+    random sample) are: decoding Stanford Cars' 8,144 training JPEGs takes minutes on a laptop. Files that
+    fail to decode are left out.
+    """
+    if not is_file_dataset(split):
+        yield from split.images.split(batch_size)
+        return
+    view = split.evaluation_view()
+    indices = sample_indices(len(view), limit, seed)
+    for images, labels, _ in DataLoader(Subset(view, indices), batch_size=batch_size, num_workers=num_workers):
+        yield images[labels != BAD_LABEL]
+
+
+def sample_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
+    """range(n), or `limit` of its members drawn at random (sorted, the same for the same seed)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
 
 
 # ----------------------------------------------------------------------------- sizes and classes
-def split_sizes(splits: Mapping[str, ImageArrays]) -> pd.Series:
+def split_sizes(splits: Mapping[str, Split]) -> pd.Series:
     return pd.Series({name: len(arrays) for name, arrays in splits.items()}, name="images")
 
 
-def class_distribution(splits: Mapping[str, ImageArrays], class_names: list[str]) -> pd.DataFrame:
+def class_distribution(splits: Mapping[str, Split], class_names: list[str]) -> pd.DataFrame:
     """Images per class (rows) and split (columns); classes absent from a split count 0."""
     counts = {name: torch.bincount(arrays.labels.cpu(), minlength=len(class_names)).tolist()
               for name, arrays in splits.items()}
@@ -63,11 +115,11 @@ def plot_class_distribution(counts: pd.DataFrame, title: str) -> Figure:
     return fig
 
 
-def sample_grid(arrays: ImageArrays, class_names: list[str], per_class: int = 8,
+def sample_grid(split: Split, class_names: list[str], per_class: int = 8,
                 max_classes: int = 20) -> Figure:
     """The first `per_class` images of each class (one row per class, at most `max_classes` rows)."""
     classes = list(range(min(len(class_names), max_classes)))
-    labels = arrays.labels.cpu()
+    labels = split.labels.cpu()
     height = len(classes) * 0.9 + 0.5
     fig, axes = plt.subplots(len(classes), per_class, squeeze=False, figsize=(per_class * 0.9 + 1.5, height))
     for row, c in zip(axes, classes, strict=True):
@@ -75,7 +127,7 @@ def sample_grid(arrays: ImageArrays, class_names: list[str], per_class: int = 8,
         for ax, i in itertools.zip_longest(row, index.tolist()):
             ax.axis("off")
             if i is not None:
-                image = arrays.images[i].cpu().permute(1, 2, 0).numpy()
+                image = model_input(split, i).cpu().permute(1, 2, 0).numpy()
                 ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
         row[0].text(-0.1, 0.5, class_names[c], transform=row[0].transAxes, ha="right", va="center")
     fig.subplots_adjust(left=0.2, right=0.98, bottom=0.02, top=1 - 0.5 / height, wspace=0.05, hspace=0.05)
@@ -83,24 +135,31 @@ def sample_grid(arrays: ImageArrays, class_names: list[str], per_class: int = 8,
 
 
 # ----------------------------------------------------------------------------- pixel statistics
-def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[list[float], list[float]]:
-    """Per-channel mean and (population) std of uint8 images [N, C, H, W] on the 0-1 scale.
+def channel_stats(images: torch.Tensor | Iterable[torch.Tensor],
+                  chunk: int = 8192) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std on the 0-1 scale of uint8 images [N, C, H, W], or of all the
+    images in an iterable of such batches (`pixel_batches`).
 
     Sums in float64 over chunks: one float copy of a whole dataset would cost 8x its uint8 size.
     """
-    total = torch.zeros(images.shape[1], dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    for start in range(0, len(images), chunk):
-        x = images[start:start + chunk].cpu().to(torch.float64) / 255.0
+    batches = images.split(chunk) if isinstance(images, torch.Tensor) else images
+    total = squares = None
+    n = 0
+    for batch in batches:
+        x = batch.cpu().to(torch.float64) / 255.0
+        if total is None:
+            total, squares = x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1])
         total += x.sum(dim=(0, 2, 3))
         squares += (x * x).sum(dim=(0, 2, 3))
-    n = images.shape[0] * images.shape[2] * images.shape[3]
+        n += x.shape[0] * x.shape[2] * x.shape[3]
+    if not n:
+        raise ValueError("No images to measure: the split is empty or none of its files decodes.")
     mean = total / n
     std = (squares / n - mean * mean).clamp(min=0).sqrt()
     return mean.tolist(), std.tolist()
 
 
-def normalization_check(images: torch.Tensor, mean: list[float], std: list[float],
+def normalization_check(images: torch.Tensor | Iterable[torch.Tensor], mean: list[float], std: list[float],
                         tolerance: float = NORMALIZATION_TOLERANCE) -> pd.DataFrame:
     """Measured per-channel mean/std next to the constants the model normalizes with, and a mismatch flag.
 
@@ -126,12 +185,30 @@ def image_hashes(images: torch.Tensor) -> list[str]:
             for image in array]
 
 
-def find_duplicates(splits: Mapping[str, ImageArrays]) -> pd.DataFrame:
+def file_hashes(paths: Iterable[str | Path]) -> list[str]:
+    """A digest of each file's bytes: equal digests mean byte-identical files.
+
+    Hashing the files rather than decoded pixels reads each file once and decodes nothing (Stanford Cars:
+    1.9 GB in seconds); the same picture saved twice with other encoder settings is not caught.
+    """
+    def digest(path: str | Path) -> str:
+        with open(path, "rb") as file:
+            return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+    return [digest(path) for path in paths]
+
+
+def split_hashes(split: Split) -> list[str]:
+    """Pixel digests for in-memory splits, file digests for splits of image files."""
+    return file_hashes(f.path for f in split.files) if is_file_dataset(split) else image_hashes(split.images)
+
+
+def find_duplicates(splits: Mapping[str, Split]) -> pd.DataFrame:
     """Every image whose exact bytes occur more than once, anywhere: columns hash, split, index, label."""
     frame = pd.concat(
-        [pd.DataFrame({"hash": image_hashes(arrays.images), "split": name,
-                       "index": range(len(arrays)), "label": arrays.labels.cpu().numpy()})
-         for name, arrays in splits.items()],
+        [pd.DataFrame({"hash": split_hashes(split), "split": name,
+                       "index": range(len(split)), "label": split.labels.cpu().numpy()})
+         for name, split in splits.items()],
         ignore_index=True,
     )
     return frame[frame.duplicated("hash", keep=False)].sort_values(["hash", "split", "index"],
@@ -175,6 +252,26 @@ def most_confused_pairs(confusion_csv: str | Path, top: int = 10) -> pd.DataFram
 
 
 # ----------------------------------------------------------------------------- images of varying sizes
+def image_sizes(split: ImageFileDataset) -> np.ndarray:
+    """(width, height) of each file as stored, [N, 2], read from the headers only (nothing is decoded);
+    NaN for a file Pillow cannot open."""
+    sizes = np.full((len(split.files), 2), np.nan)
+    for i, file in enumerate(split.files):
+        try:
+            with Image.open(file.path) as image:
+                sizes[i] = image.size
+        except Exception:  # Pillow raises OSError, ValueError, SyntaxError... for broken files
+            pass
+    return sizes
+
+
+def image_boxes(split: ImageFileDataset) -> np.ndarray | None:
+    """Each file's object box (x1, y1, x2, y2), [N, 4], NaN where a file has none; None if no file has one."""
+    if all(file.box is None for file in split.files):
+        return None
+    return np.array([file.box if file.box is not None else [np.nan] * 4 for file in split.files], dtype=np.float64)
+
+
 def size_table(sizes: np.ndarray) -> pd.DataFrame:
     """Width, height and aspect ratio (width / height) of each image, from an array [N, 2] of (w, h)."""
     sizes = np.asarray(sizes, dtype=np.float64)
@@ -190,7 +287,10 @@ def box_area_fraction(sizes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def plot_sizes(sizes: Mapping[str, np.ndarray], boxes: Mapping[str, np.ndarray] | None = None) -> Figure:
-    """Histograms of width, height, aspect ratio and (when boxes are given) box-area fraction, per split."""
+    """Histograms of width, height, aspect ratio and (when boxes are given) box-area fraction, per split.
+
+    Unreadable files (NaN sizes) and files without a box are left out of the histograms they lack data for.
+    """
     panels = ["width", "height", "aspect ratio"] + (["box area fraction"] if boxes else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 3))
     for name, split_sizes_ in sizes.items():
@@ -198,23 +298,25 @@ def plot_sizes(sizes: Mapping[str, np.ndarray], boxes: Mapping[str, np.ndarray] 
         if boxes:
             table["box area fraction"] = box_area_fraction(split_sizes_, boxes[name])
         for ax, column in zip(axes, panels, strict=True):
-            ax.hist(table[column], bins=40, alpha=0.5, label=name)
+            ax.hist(table[column].dropna(), bins=40, alpha=0.5, label=name)
             ax.set(title=column, ylabel="images")
     axes[0].legend()
     fig.tight_layout()
     return fig
 
 
-def plot_boxes(files: list[str | Path], boxes: np.ndarray, titles: list[str] | None = None) -> Figure:
-    """Images from their files with their boxes drawn on top."""
-    from PIL import Image
-
+def plot_boxes(split: ImageFileDataset, class_names: list[str], count: int = 6) -> Figure:
+    """The split's first `count` images that have a box, as stored (before any crop), with the box in red."""
+    files = [file for file in split.files if file.box is not None][:count]
+    if not files:
+        raise ValueError("No file in this split has a bounding box.")
     fig, axes = plt.subplots(1, len(files), squeeze=False, figsize=(3 * len(files), 3))
-    for k, (ax, path, (x1, y1, x2, y2)) in enumerate(zip(axes[0], files, boxes, strict=True)):
-        with Image.open(path) as image:
+    for ax, file in zip(axes[0], files, strict=True):
+        x1, y1, x2, y2 = file.box
+        with Image.open(file.path) as image:
             ax.imshow(image.convert("RGB"))
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=2))
-        ax.set_title(titles[k] if titles else Path(path).name, fontsize=8)
+        ax.set_title(class_names[file.label], fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     return fig

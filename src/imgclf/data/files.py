@@ -90,6 +90,16 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    @property
+    def labels(self) -> torch.Tensor:
+        """Every file's label, read from the file list: nothing is decoded."""
+        return torch.tensor([f.label for f in self.files], dtype=torch.long)
+
+    def evaluation_view(self) -> ImageFileDataset:
+        """The same files as evaluation sees them (centre crop, no augmentation), whatever this split's view."""
+        return ImageFileDataset(self.files, self.input_size, transforms.eval_view(self.input_size),
+                                self.crop_to_box, self.box_padding, self.cache)
+
     def load_base(self, file: ImageFile) -> torch.Tensor | None:
         if self.cache is not None:
             return self.cache.get(file.path)
