@@ -96,7 +96,7 @@ def _optimizer(model: ImageClassifier, total_steps: int):
     return optimizer, scheduler
 
 
-def measure_overhead(config: dict, data_root: Path | None, warmup: int, steps: int, repeats: int = 2,
+def measure_overhead(config: dict, data_root: Path | None, warmup: int, steps: int, repeats: int = 3,
                      limit: tuple[int, int] | None = None) -> dict:
     """Per-step seconds of both loops (the best of `repeats` interleaved runs: load from other processes
     only ever adds time), their ratio and the training throughput (images/s)."""

@@ -25,7 +25,7 @@ class BenchOptions:
     data_root: Path | None = None
     budget_seconds: float = 600.0  # training-time cap for each pipeline
     evals_per_epoch: int = 4
-    overhead_steps: int = 30
+    overhead_steps: int = 100
     tiny: bool = False
     json_path: Path = Path("runs/time_to_accuracy.json")
 
