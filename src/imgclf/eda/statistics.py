@@ -1,90 +1,22 @@
-"""Statistics and plots behind EDA.ipynb: look at the data before training on it.
-
-Everything here takes what the project's own `ImageDataModule` holds per split: `ImageArrays` for the
-datasets kept in memory, an `ImageFileDataset` for datasets of image files (Stanford Cars, folders). So the
-notebook reads data exactly as training does and stays a short list of calls with one sentence each.
-"""
+"""The numbers EDA.ipynb shows: split sizes, class counts, pixel statistics, exact duplicates, image sizes
+and boxes, and the most confused class pairs of a trained run."""
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
-import yaml
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from PIL import Image
-from torch.utils.data import DataLoader, Subset
 
-from imgclf.data import ImageArrays, ImageDataModule
-from imgclf.data.files import BAD_LABEL, ImageFileDataset
-from imgclf.errors import UserError
+from imgclf.data.files import ImageFileDataset
+from imgclf.eda.splits import Split, is_file_dataset
 
 NORMALIZATION_TOLERANCE = 0.01  # on the 0-1 scale; the catalog's constants are rounded to 4 decimals
-Split = ImageArrays | ImageFileDataset
-
-
-def load_datamodule(config: str | Path) -> ImageDataModule:
-    """The DataModule a training run with this config would build (its `data:` section), not yet set up."""
-    data = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
-    return ImageDataModule(**data)
-
-
-def open_datasets(configs: Iterable[str | Path]) -> dict[str, ImageDataModule]:
-    """The set-up DataModule of each config, by dataset name; a config whose data cannot be read (not
-    fetched yet, corrupt, a bad setting) is skipped with the reason printed, so the rest still runs.
-
-    setup() never downloads (prepare_data does): a notebook only looks at what is already on disk.
-    """
-    modules = {}
-    for config in configs:
-        try:
-            datamodule = load_datamodule(config)
-            datamodule.setup()
-        except (UserError, OSError, TypeError) as e:  # TypeError: a key the DataModule does not take
-            print(f"skipped {config}: {e}")
-            continue
-        modules[datamodule.spec.name] = datamodule
-    return modules
-
-
-def is_file_dataset(split: Split) -> bool:
-    return isinstance(split, ImageFileDataset)
-
-
-def model_input(split: Split, index: int) -> torch.Tensor:
-    """Image `index` as the model receives it at evaluation (for files: decoded, resized, centre-cropped)."""
-    return split.evaluation_view()[index][0] if is_file_dataset(split) else split.images[index]
-
-
-def pixel_batches(split: Split, limit: int | None = None, seed: int = 0, batch_size: int = 256,
-                  num_workers: int = 0) -> Iterator[torch.Tensor]:
-    """The split's images as uint8 batches [B, C, H, W], as the model receives them at evaluation.
-
-    In-memory splits give all their images. File splits are decoded, so at most `limit` of them (a fixed
-    random sample) are: decoding Stanford Cars' 8,144 training JPEGs takes minutes on a laptop. Files that
-    fail to decode are left out.
-    """
-    if not is_file_dataset(split):
-        yield from split.images.split(batch_size)
-        return
-    view = split.evaluation_view()
-    indices = sample_indices(len(view), limit, seed)
-    for images, labels, _ in DataLoader(Subset(view, indices), batch_size=batch_size, num_workers=num_workers):
-        yield images[labels != BAD_LABEL]
-
-
-def sample_indices(n: int, limit: int | None, seed: int = 0) -> list[int]:
-    """range(n), or `limit` of its members drawn at random (sorted, the same for the same seed)."""
-    if limit is None or limit >= n:
-        return list(range(n))
-    return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
 
 
 # ----------------------------------------------------------------------------- sizes and classes
@@ -102,36 +34,6 @@ def class_distribution(splits: Mapping[str, Split], class_names: list[str]) -> p
 def imbalance_ratio(counts: pd.DataFrame) -> pd.Series:
     """Largest over smallest class count per split: 1.0 is balanced, inf means a class is missing."""
     return (counts.max() / counts.min()).rename("imbalance ratio")
-
-
-def plot_class_distribution(counts: pd.DataFrame, title: str) -> Figure:
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(counts) + 2), 3.5))
-    counts.plot.bar(ax=ax, width=0.8)
-    ax.set(title=title, xlabel="", ylabel="images")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars, never over them
-    if len(counts) > 40:  # 196 car models: names would overlap, the bars' shape is what matters
-        ax.set_xticks([])
-    fig.tight_layout()
-    return fig
-
-
-def sample_grid(split: Split, class_names: list[str], per_class: int = 8,
-                max_classes: int = 20) -> Figure:
-    """The first `per_class` images of each class (one row per class, at most `max_classes` rows)."""
-    classes = list(range(min(len(class_names), max_classes)))
-    labels = split.labels.cpu()
-    height = len(classes) * 0.9 + 0.5
-    fig, axes = plt.subplots(len(classes), per_class, squeeze=False, figsize=(per_class * 0.9 + 1.5, height))
-    for row, c in zip(axes, classes, strict=True):
-        index = torch.nonzero(labels == c).flatten()[:per_class]
-        for ax, i in itertools.zip_longest(row, index.tolist()):
-            ax.axis("off")
-            if i is not None:
-                image = model_input(split, i).cpu().permute(1, 2, 0).numpy()
-                ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
-        row[0].text(-0.1, 0.5, class_names[c], transform=row[0].transAxes, ha="right", va="center")
-    fig.subplots_adjust(left=0.2, right=0.98, bottom=0.02, top=1 - 0.5 / height, wspace=0.05, hspace=0.05)
-    return fig
 
 
 # ----------------------------------------------------------------------------- pixel statistics
@@ -284,39 +186,3 @@ def box_area_fraction(sizes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     sizes, boxes = np.asarray(sizes, dtype=np.float64), np.asarray(boxes, dtype=np.float64)
     area = (boxes[:, 2] - boxes[:, 0]).clip(min=0) * (boxes[:, 3] - boxes[:, 1]).clip(min=0)
     return area / (sizes[:, 0] * sizes[:, 1])
-
-
-def plot_sizes(sizes: Mapping[str, np.ndarray], boxes: Mapping[str, np.ndarray] | None = None) -> Figure:
-    """Histograms of width, height, aspect ratio and (when boxes are given) box-area fraction, per split.
-
-    Unreadable files (NaN sizes) and files without a box are left out of the histograms they lack data for.
-    """
-    panels = ["width", "height", "aspect ratio"] + (["box area fraction"] if boxes else [])
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 3))
-    for name, split_sizes_ in sizes.items():
-        table = size_table(split_sizes_)
-        if boxes:
-            table["box area fraction"] = box_area_fraction(split_sizes_, boxes[name])
-        for ax, column in zip(axes, panels, strict=True):
-            ax.hist(table[column].dropna(), bins=40, alpha=0.5, label=name)
-            ax.set(title=column, ylabel="images")
-    axes[0].legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_boxes(split: ImageFileDataset, class_names: list[str], count: int = 6) -> Figure:
-    """The split's first `count` images that have a box, as stored (before any crop), with the box in red."""
-    files = [file for file in split.files if file.box is not None][:count]
-    if not files:
-        raise ValueError("No file in this split has a bounding box.")
-    fig, axes = plt.subplots(1, len(files), squeeze=False, figsize=(3 * len(files), 3))
-    for ax, file in zip(axes[0], files, strict=True):
-        x1, y1, x2, y2 = file.box
-        with Image.open(file.path) as image:
-            ax.imshow(image.convert("RGB"))
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=2))
-        ax.set_title(class_names[file.label], fontsize=8)
-        ax.axis("off")
-    fig.tight_layout()
-    return fig
