@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import Dataset
 
 from imgclf.data import transforms
@@ -139,6 +138,8 @@ def drop_bad_images(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], data
     bad = labels == BAD_LABEL
     if not bad.any():
         return images, labels
+    from lightning.pytorch.utilities import rank_zero_warn  # here: importing Lightning costs seconds
+
     for i in index[bad].tolist():
         path = dataset.files[i].path
         if not skip:
