@@ -153,12 +153,15 @@ def test_datasets_present_or_missing(tmp_path):
     found = by_name(dataset_checks(tmp_path))
     assert found["digits"].status == "PASS"
     assert found["cifar10"].status == "WARN" and "dvc pull data/cifar10.dvc" in found["cifar10"].fix
+    assert "folder" not in found  # your own images have no DVC pointer to pull: an absent data/folder is fine
     folder = tmp_path / "cifar10" / readers.CIFAR10_FOLDER
     folder.mkdir(parents=True)
     for name in ["batches.meta", *readers.CIFAR10_BATCHES[True], *readers.CIFAR10_BATCHES[False]]:
         (folder / name).write_bytes(b"")
+    (tmp_path / "folder" / "cats").mkdir(parents=True)
     found = by_name(dataset_checks(tmp_path))
     assert found["cifar10"].status == "PASS" and found["cifar10"].detail == str(tmp_path / "cifar10")
+    assert found["folder"].status == "PASS"
 
 
 @pytest.mark.parametrize("config, status, expected", [

@@ -21,6 +21,8 @@ def dataset_checks(data_dir: Path) -> list[Check]:
             found = str(where) if where.exists() else "bundled with its Python package"
             checks.append(Check("data", spec.name, "PASS", found, info={"present": True, "path": str(where)}))
             continue
+        if spec.name == "folder":  # the user's own images: no fixed place, nothing to fetch, nothing wrong
+            continue
         download = " or let main.py download it on first use (needs internet)," if spec.download else ""
         checks.append(Check("data", spec.name, "WARN", f"not found in {where}/",
                             f"Fetch it with `dvc pull data/{spec.name}.dvc`,{download} if you train on it.",
