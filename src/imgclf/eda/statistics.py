@@ -90,8 +90,8 @@ def image_hashes(images: torch.Tensor) -> list[str]:
 def file_hashes(paths: Iterable[str | Path]) -> list[str]:
     """A digest of each file's bytes: equal digests mean byte-identical files.
 
-    Hashing the files rather than decoded pixels reads each file once and decodes nothing (Stanford Cars:
-    1.9 GB in seconds); the same picture saved twice with other encoder settings is not caught.
+    Hashing the files rather than decoded pixels reads each file once and decodes nothing (hundreds of MB/s,
+    against about 180 decoded JPEGs/s); the same picture saved twice with other encoder settings is not caught.
     """
     def digest(path: str | Path) -> str:
         with open(path, "rb") as file:
