@@ -131,10 +131,11 @@ def test_sizes_boxes_and_their_plots(tmp_path):
     table = eda.size_table(sizes)
     assert table["aspect ratio"].tolist() == [2.0, 0.5]
     assert eda.box_area_fraction(sizes, boxes).tolist() == [0.25, 1.0]
-    assert len(eda.plot_sizes({"train": sizes}, {"train": boxes}).axes) == 4
-    assert len(eda.plot_sizes({"train": sizes}).axes) == 3
+    assert eda.size_table(sizes, boxes)["box area fraction"].tolist() == [0.25, 1.0]
+    assert len(eda.plot_sizes({"train": eda.size_table(sizes, boxes)}).axes) == 4
+    assert len(eda.plot_sizes({"train": table}).axes) == 3
     unreadable = np.array([[np.nan, np.nan], [50, 100]])  # a broken file must not break the histograms
-    assert len(eda.plot_sizes({"train": unreadable}, {"train": boxes}).axes[3].patches) == 40
+    assert len(eda.plot_sizes({"train": eda.size_table(unreadable, boxes)}).axes[3].patches) == 40
     plt.close("all")
 
 

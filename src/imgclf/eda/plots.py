@@ -6,7 +6,6 @@ import itertools
 from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
@@ -15,7 +14,6 @@ from PIL import Image
 
 from imgclf.data.files import ImageFileDataset
 from imgclf.eda.splits import Split, model_input
-from imgclf.eda.statistics import box_area_fraction, size_table
 
 
 def plot_class_distribution(counts: pd.DataFrame, title: str) -> Figure:
@@ -48,19 +46,17 @@ def sample_grid(split: Split, class_names: list[str], per_class: int = 8,
     return fig
 
 
-def plot_sizes(sizes: Mapping[str, np.ndarray], boxes: Mapping[str, np.ndarray] | None = None) -> Figure:
-    """Histograms of width, height, aspect ratio and (when boxes are given) box-area fraction, per split.
+def plot_sizes(tables: Mapping[str, pd.DataFrame]) -> Figure:
+    """Histograms of each column of `size_table` (width, height, aspect ratio, box area fraction), per split.
 
     Unreadable files (NaN sizes) and files without a box are left out of the histograms they lack data for.
     """
-    panels = ["width", "height", "aspect ratio"] + (["box area fraction"] if boxes else [])
+    panels = list(dict.fromkeys(column for table in tables.values() for column in table))
     fig, axes = plt.subplots(1, len(panels), figsize=(3.5 * len(panels), 3))
-    for name, split_sizes_ in sizes.items():
-        table = size_table(split_sizes_)
-        if boxes:
-            table["box area fraction"] = box_area_fraction(split_sizes_, boxes[name])
+    for name, table in tables.items():
         for ax, column in zip(axes, panels, strict=True):
-            ax.hist(table[column].dropna(), bins=40, alpha=0.5, label=name)
+            if column in table:
+                ax.hist(table[column].dropna(), bins=40, alpha=0.5, label=name)
             ax.set(title=column, ylabel="images")
     axes[0].legend()
     fig.tight_layout()

@@ -174,11 +174,15 @@ def image_boxes(split: ImageFileDataset) -> np.ndarray | None:
     return np.array([file.box if file.box is not None else [np.nan] * 4 for file in split.files], dtype=np.float64)
 
 
-def size_table(sizes: np.ndarray) -> pd.DataFrame:
-    """Width, height and aspect ratio (width / height) of each image, from an array [N, 2] of (w, h)."""
+def size_table(sizes: np.ndarray, boxes: np.ndarray | None = None) -> pd.DataFrame:
+    """Width, height and aspect ratio (width / height) of each image, from an array [N, 2] of (w, h); with
+    boxes [N, 4], also the share of each image its box covers ("box area fraction")."""
     sizes = np.asarray(sizes, dtype=np.float64)
     width, height = sizes[:, 0], sizes[:, 1]
-    return pd.DataFrame({"width": width, "height": height, "aspect ratio": width / height})
+    table = pd.DataFrame({"width": width, "height": height, "aspect ratio": width / height})
+    if boxes is not None:
+        table["box area fraction"] = box_area_fraction(sizes, boxes)
+    return table
 
 
 def box_area_fraction(sizes: np.ndarray, boxes: np.ndarray) -> np.ndarray:
