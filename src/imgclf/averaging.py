@@ -21,14 +21,11 @@ class EMAWeightAveraging(WeightAveraging):
 
     def __init__(self, decay: float = 0.99, every_n_steps: int = 1, start_step: int = 0) -> None:
         # multi_avg_fn: one fused foreach-lerp over all tensors instead of a Python loop per tensor.
-        super().__init__(multi_avg_fn=get_ema_multi_avg_fn(decay))
+        # device=None: the average lives on the training device (the module's, which Lightning sets to the
+        # strategy's root device before callbacks' setup), never on the host, which would copy all parameters
+        # there every step. Said explicitly: Lightning 2.5 defaulted to device="cpu".
+        super().__init__(device=None, multi_avg_fn=get_ema_multi_avg_fn(decay))
         self.every_n_steps, self.start_step = every_n_steps, start_step
-
-    def setup(self, trainer, pl_module, stage: str) -> None:
-        # Lightning sets callbacks up before it moves the module to the GPU, so the parent would keep the
-        # average on the CPU and copy all parameters to the host at each step: keep it on the training device.
-        self._device = self._device or trainer.strategy.root_device
-        super().setup(trainer, pl_module, stage)
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0
