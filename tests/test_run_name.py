@@ -17,3 +17,15 @@ def test_run_name_gives_a_fixed_folder_and_refuses_an_existing_one(tmp_path, mon
     with pytest.raises(UserError, match="already exists"):
         new_run_dir(tmp_path, "digits", "small_cnn", run_name="train")
     assert (run_dir / "best.ckpt").read_bytes() == b"weights"
+
+
+def test_run_name_needs_no_launcher_job_id(tmp_path, monkeypatch):
+    """torchrun without --rdzv-id gives no usable job id; a --run_name folder is the same on every rank anyway."""
+    monkeypatch.setenv(RUN_DIR_ENV, "")
+    monkeypatch.delenv(RUN_DIR_ENV)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "none")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert new_run_dir(tmp_path, "digits", "small_cnn", run_name="train") == tmp_path / "train"
+    monkeypatch.delenv(RUN_DIR_ENV)
+    with pytest.raises(UserError, match="--run_name"):
+        new_run_dir(tmp_path, "digits", "small_cnn")

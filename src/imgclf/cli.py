@@ -35,13 +35,12 @@ def new_run_dir(runs_dir: Path, dataset: str, network: str, run_name: str | None
     """
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
-    job_id = launcher_job_id()
-    if run_name:
+    if run_name:  # the same on every rank already: no launcher job id needed (torchrun may have none)
         run_dir = runs_dir / run_name
         if rank_zero_only.rank == 0 and run_dir.exists():  # a stable path, e.g. a DVC stage output
             raise UserError(f"Run folder {run_dir} already exists and --run_name never overwrites a run. "
                             f"Delete or rename it, or pick another --run_name.")
-    elif job_id:
+    elif job_id := launcher_job_id():
         run_dir = runs_dir / f"{job_id}-{dataset}-{network}"
         if rank_zero_only.rank == 0 and run_dir.exists():
             raise UserError(f"Run folder {run_dir} already exists: a job with the same id ran before. Start "

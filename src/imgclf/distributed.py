@@ -30,7 +30,7 @@ def launcher_job_id(env: Mapping[str, str] = os.environ) -> str | None:
                 "torchrun was started without --rdzv-id, so the processes of this job cannot agree on a run "
                 "folder name that differs from earlier jobs. Pass a unique id, e.g. "
                 "`torchrun --rdzv-id=$SLURM_JOB_ID ...` or `--rdzv-id=$(date +%Y%m%d-%H%M%S)`, or set "
-                "IMGCLF_RUN_DIR=runs/<name> on every node."
+                "IMGCLF_RUN_DIR=runs/<name> on every node, or give the run a name: --run_name NAME."
             )
         return "torchrun-" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
     # Inside an srun step (not the batch script itself): job and step ids are shared and unique.
