@@ -122,6 +122,10 @@ def test_fine_tunes_from_a_weights_file_end_to_end(tmp_path: Path, resnet18_weig
     hparams = torch.load(run_dir / "best.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
     assert hparams["class_names"] == ["blue", "green", "red"] and hparams["network"] == "resnet18_imagenet"
     assert (run_dir / "metrics.json").is_file()
+    # Resuming needs only the checkpoint: the pretrained weights are in it, the weights file may be gone.
+    resnet18_weights.unlink()
+    resumed = main([*folder_args(root, tmp_path, resnet18_weights), "--ckpt_path", str(run_dir / "last.ckpt")])
+    assert (resumed / "metrics.json").is_file()
 
 
 def test_weights_of_another_network_stop_the_run(tmp_path: Path) -> None:

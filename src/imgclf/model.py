@@ -91,10 +91,6 @@ class ImageClassifier(L.LightningModule):
         self.example_input_array = torch.zeros(1, in_channels, *image_size, dtype=torch.uint8)
 
     def setup(self, stage: str) -> None:
-        # Pretrained weights load when fitting starts, not in __init__: a checkpoint loaded for testing or
-        # export already holds them, and the weights file need not exist where the checkpoint is used.
-        if stage == "fit" and self.hparams.weights:
-            load_pretrained(self.net, self.hparams.network, self.hparams.weights)
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)  # convs then run NHWC, whatever the input's layout
         if self.hparams.compile:
@@ -108,9 +104,15 @@ class ImageClassifier(L.LightningModule):
         return self.net(self.normalize(images))
 
     def on_fit_start(self) -> None:
-        # Networks with a data-dependent first layer (airbench's whitening) get it from training images,
-        # unless a resumed checkpoint already holds it.
-        if hasattr(self.net, "init_whitening") and self.trainer.ckpt_path is None:
+        # Initialisations for a fresh fit only: a checkpoint (resumed, or loaded for testing or export) already
+        # holds their result, and the weights file need not exist where the checkpoint is used.
+        # trainer.ckpt_path is known here, not yet in setup().
+        if self.trainer.ckpt_path is not None:
+            return
+        if self.hparams.weights:
+            load_pretrained(self.net, self.hparams.network, self.hparams.weights)
+        # Networks with a data-dependent first layer (airbench's whitening) get it from training images.
+        if hasattr(self.net, "init_whitening"):
             if self.trainer.datamodule is None:
                 raise UserError(f"The {self.hparams.network!r} network initialises its first layer from "
                                 f"training images, which it asks the DataModule for: fit it with "
