@@ -8,6 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
@@ -166,6 +167,16 @@ class ImageClassifier(L.LightningModule):
         return self(batch[0]).softmax(dim=-1)
 
     def configure_optimizers(self):
+        optimizer, scheduler = self.optimizer_and_scheduler(int(self.trainer.estimated_stepping_batches))
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def optimizer_and_scheduler(self, total_steps: int) -> tuple[torch.optim.Optimizer, LRScheduler | None]:
+        """The optimizer, and the per-step schedule over `total_steps` (None for a constant learning rate).
+
+        Public so that a hand-written loop (the benchmark's baseline for Lightning's overhead) trains the same.
+        """
         hp = self.hparams
         groups = parameter_groups(self, self.net, hp.lr, hp.weight_decay, hp.backbone_lr_scale)
         if hp.optimizer == "sgd":
@@ -173,12 +184,12 @@ class ImageClassifier(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         if hp.schedule == "constant":
-            return optimizer
+            return optimizer, None
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=[group["lr"] for group in groups],  # per group: the backbone's may be lower
-            total_steps=int(self.trainer.estimated_stepping_batches), pct_start=hp.warmup_fraction,
+            total_steps=total_steps, pct_start=hp.warmup_fraction,
         )
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return optimizer, scheduler
 
     def network_module(self) -> nn.Module:
         """The whole inference path (normalization + network), as exported."""

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from imgclf.bench.pipeline import build
 from imgclf.data import ImageArrays
-from imgclf.model import ImageClassifier
 
 
 def _now(device: torch.device) -> float:
@@ -55,11 +54,10 @@ def plain_step_seconds(config: dict, data_root: Path | None, warmup: int, steps:
     data.splits = {name: ImageArrays(split.images.to(device), split.labels.to(device))
                    for name, split in data.splits.items()}
     model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model.setup("fit")  # what Lightning does before fitting: channels_last and compile, as the config says
     if hasattr(model.net, "init_whitening"):
         model.net.init_whitening(model.normalize(next(iter(data.train_dataloader()))[0].to(device)))
-    optimizer, scheduler = _optimizer(model, total_steps=warmup + steps)
+    optimizer, scheduler = model.optimizer_and_scheduler(total_steps=warmup + steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=str(config["trainer"].get("precision", "")).startswith("bf16"))
     step, start = 0, 0.0
@@ -73,27 +71,12 @@ def plain_step_seconds(config: dict, data_root: Path | None, warmup: int, steps:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
+            if scheduler is not None:
+                scheduler.step()
             step += 1
             if step == warmup + steps:
                 break
     return (_now(device) - start) / steps
-
-
-def _optimizer(model: ImageClassifier, total_steps: int):
-    hp = model.hparams
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if hp.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=hp.lr)
-    if hp.schedule == "constant":
-        return optimizer, torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total_steps,
-                                                    pct_start=hp.warmup_fraction)
-    return optimizer, scheduler
 
 
 def measure_overhead(config: dict, data_root: Path | None, warmup: int, steps: int, repeats: int = 3,
