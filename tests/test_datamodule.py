@@ -8,7 +8,7 @@ from conftest import make_fashion_mnist
 
 from imgclf.data import ImageDataModule
 from imgclf.data.datamodule import split_train_val
-from imgclf.data.loaders import InMemoryBatches, shard_bounds
+from imgclf.data.loaders import InMemoryBatches
 from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
 
@@ -66,15 +66,6 @@ def test_epochs_reshuffle():
     first = next(iter(batches))[1]
     epoch[0] = 1
     assert not torch.equal(first, next(iter(batches))[1])
-
-
-@pytest.mark.parametrize("n,world", [(10, 3), (7, 2), (2, 4), (100, 8)])
-def test_shard_bounds_disjoint_and_covering(n, world):
-    bounds = [shard_bounds(n, r, world) for r in range(world)]
-    assert bounds[0][0] == 0 and bounds[-1][1] == n
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
-    sizes = [stop - start for start, stop in bounds]
-    assert max(sizes) - min(sizes) <= 1
 
 
 def _with_trainer_state(dm: ImageDataModule, training: bool) -> ImageDataModule:

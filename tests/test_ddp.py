@@ -38,8 +38,8 @@ TINY = ["--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false",
 
 
 # ----------------------------------------------------------------------------- sharding (unit)
-@pytest.mark.parametrize("n", [0, 1, 5, 100, 1293])
-@pytest.mark.parametrize("world", [1, 2, 3, 8])
+@pytest.mark.parametrize("n", [0, 1, 2, 5, 7, 10, 100, 1293])
+@pytest.mark.parametrize("world", [1, 2, 3, 4, 8])
 def test_shard_bounds_are_disjoint_covering_and_balanced(n: int, world: int) -> None:
     bounds = [shard_bounds(n, rank, world) for rank in range(world)]
     assert bounds[0][0] == 0 and bounds[-1][1] == n
