@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imgclf.data.catalog import DEBIAN_FASHION_MNIST
+
 REPO = Path(__file__).resolve().parents[1]
-FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
@@ -65,12 +66,13 @@ def make_cifar10(root: Path, per_batch: int = 10, seed: int = 0) -> dict[str, di
     return batches
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fashion_mnist_real() -> Path:
-    if not (FASHION_MNIST_DEBIAN / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real Fashion-MNIST not found in {FASHION_MNIST_DEBIAN} "
+    """Debian's real Fashion-MNIST (where the catalog looks for it); the test is skipped without it."""
+    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"real Fashion-MNIST not found in {DEBIAN_FASHION_MNIST} "
                     f"(apt-get install dataset-fashion-mnist)")
-    return FASHION_MNIST_DEBIAN
+    return DEBIAN_FASHION_MNIST
 
 
 def run_script(script: str, *args: str, cwd: Path = REPO, timeout: float = 900, env: dict | None = None):

@@ -9,9 +9,9 @@ import numpy as np
 import scipy.io
 from PIL import Image
 
+from imgclf.data.catalog import DEBIAN_FASHION_MNIST as FASHION_MNIST
 from imgclf.data.readers import read_fashion_mnist
 
-FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 SIZES = [(700, 480), (520, 390), (640, 360), (300, 400)]  # (width, height): landscape and portrait
 CAR_COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 230), (230, 210, 30)]  # one per class
 

@@ -19,15 +19,6 @@ from imgclf.model import ImageClassifier
 from imgclf.networks import Whitening
 
 REPO = Path(__file__).resolve().parents[1]
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-@pytest.fixture(scope="module")
-def fashion_mnist_dir() -> Path:
-    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"Fashion-MNIST not found in {DEBIAN_FASHION_MNIST} "
-                    f"(apt-get install dataset-fashion-mnist)")
-    return DEBIAN_FASHION_MNIST
 
 
 def distinct_images(n: int = 64, h: int = 6, w: int = 7) -> torch.Tensor:
@@ -120,7 +111,7 @@ def test_whitening_decorrelates_patches() -> None:
 
 
 @pytest.fixture(scope="module")
-def trained_run(fashion_mnist_dir: Path, tmp_path_factory) -> Path:
+def trained_run(fashion_mnist_real: Path, tmp_path_factory) -> Path:
     """The CPU fast recipe, cut to ~8k training images seen and 2000 test images."""
     runs = tmp_path_factory.mktemp("runs")
     return main([
@@ -139,9 +130,9 @@ def test_fast_network_learns_fashion_mnist(trained_run: Path) -> None:
 
 
 @pytest.mark.slow
-def test_tta_does_not_lower_accuracy(trained_run: Path, fashion_mnist_dir: Path) -> None:
+def test_tta_does_not_lower_accuracy(trained_run: Path, fashion_mnist_real: Path) -> None:
     model = ImageClassifier.load_from_checkpoint(trained_run / "best.ckpt", map_location="cpu").eval()
-    dm = ImageDataModule(dataset="fashion_mnist", root=str(fashion_mnist_dir))
+    dm = ImageDataModule(dataset="fashion_mnist", root=str(fashion_mnist_real))
     dm.setup("test")
     images, labels = dm.splits["test"].images[:2000], dm.splits["test"].labels[:2000]
     with torch.no_grad():
@@ -153,7 +144,7 @@ def test_tta_does_not_lower_accuracy(trained_run: Path, fashion_mnist_dir: Path)
 
 
 @pytest.mark.slow
-def test_benchmark_tiny_mode(fashion_mnist_dir: Path, tmp_path: Path) -> None:
+def test_benchmark_tiny_mode(fashion_mnist_real: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     script = REPO / "bench" / "time_to_accuracy.py"
     proc = subprocess.run([sys.executable, str(script), "--tiny", "--json", str(out)], cwd=REPO,
