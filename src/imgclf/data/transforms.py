@@ -42,9 +42,11 @@ def decode_rgb(path: Path, box: Box | None = None, padding: float = 0.0) -> torc
     """
     with Image.open(path) as image:
         if box is not None:
-            # Cropping before decoding the pixels: Pillow decodes lazily, so only the crop is converted.
+            # crop() decodes the whole image (it calls load()); cropping first only spares converting
+            # the pixels outside the box to RGB.
             image = image.crop(padded_box(box, padding, image.width, image.height))
-        # convert() forces the full decode, so a truncated file fails here (inside the worker), not later.
+        # crop() or else convert() forces the full decode, so a truncated file fails here (inside the
+        # worker), not later.
         array = np.asarray(image.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
