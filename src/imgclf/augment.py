@@ -52,10 +52,10 @@ def crop_at(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w:
 def tta_logits(model: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor) -> torch.Tensor:
     """Test-time augmentation (airbench): the mean logits of the image and its mirror, averaged half and half
     with those of copies shifted one pixel up-left and down-right (zero-filled, as in training)."""
-    n, _, h, w = images.shape
+    h, w = images.shape[-2:]
     padded = F.pad(images, (1,) * 4)
-    corner = torch.zeros(n, dtype=torch.long, device=images.device)
-    shifted = [crop_at(padded, corner + offset, corner + offset, h, w) for offset in (0, 2)]
+    # one offset for every image: a plain slice, where random_translate needs crop_at's per-image gathers
+    shifted = [padded[..., o:o + h, o:o + w] for o in (0, 2)]
 
     def mirrored(x: torch.Tensor) -> torch.Tensor:
         return 0.5 * (model(x) + model(x.flip(-1)))

@@ -21,7 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from imgclf.data.files import BAD_LABEL, ImageFile, ImageFileDataset, bad_image_message
+from imgclf.data.files import ImageFile, ImageFileDataset, drop_bad_images
 from imgclf.data.transforms import base_size
 from imgclf.errors import UserError
 
@@ -98,14 +98,13 @@ def build_cache(folder: Path, root: Path, files: list[ImageFile], input_size: in
     tmp = folder / f"{IMAGES}.tmp"
     images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, side, side))
     dataset = ImageFileDataset(files, input_size, view=None, crop_to_box=crop_to_box, box_padding=box_padding)
-    bad_rows = []
-    for batch_images, labels, rows in DataLoader(dataset, batch_size=32, num_workers=num_workers):
+    skipped: set[Path] = set()
+    for batch in DataLoader(dataset, batch_size=32, num_workers=num_workers):
+        batch_images, _, rows = batch
         images[rows.numpy()] = batch_images.numpy()
-        for row in rows[labels == BAD_LABEL].tolist():
-            if not skip_bad_images:
-                raise UserError(bad_image_message(files[row].path))
-            bad_rows.append(row)
-            rank_zero_warn(f"Leaving out unreadable image {files[row].path}; {len(bad_rows)} so far.")
+        drop_bad_images(batch, dataset, skip_bad_images, skipped)  # raises or warns, as training does
+    # unique_files above: each path is one row
+    bad_rows = [row for row, f in enumerate(files) if f.path in skipped]
     images.flush()
     del images
     tmp.replace(folder / IMAGES)

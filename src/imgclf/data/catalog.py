@@ -34,10 +34,25 @@ class DatasetSpec:
     # Datasets of image files too large for memory: the DataModule lists the files (and learns the classes)
     # with this, then decodes them in DataLoader workers. `classes` stays empty in the catalog.
     list_files: Callable[[Path, SplitOptions], ImageFiles] | None = None
+    # False for the user's own images: there is no data/<name>.dvc pointer, so no `dvc pull` to suggest,
+    # and an absent data/<name> is not a problem until someone trains on it without --data.root.
+    dvc_tracked: bool = True
 
     @property
     def channels(self) -> int:
         return len(self.mean)
+
+    @property
+    def pull_command(self) -> str:
+        """The command that fetches a DVC-tracked dataset (check_env and `fetch_hint` both name it)."""
+        return f"`dvc pull data/{self.name}.dvc`"
+
+    @property
+    def fetch_hint(self) -> str:
+        """The sentence telling what to do when the files are missing."""
+        if not self.dvc_tracked:
+            return "Set --data.root to the folder holding your images."
+        return f"Fetch it with {self.pull_command} (or put the files there, or set --data.root)."
 
     def locate(self, root: str | Path | None, data_dir: str | Path = "data") -> Path:
         """The folder to read: `root` when given, else data/<name>, else a known system location."""
@@ -54,16 +69,15 @@ class DatasetSpec:
         if self.is_present(root):
             return
         missing = f"The {self.name} dataset was not found in {root}/."
-        pull = f"Fetch it with `dvc pull data/{self.name}.dvc` (or put the files there, or set --data.root)."
         if self.download is None or not download:
-            raise UserError(f"{missing} {pull}")
+            raise UserError(f"{missing} {self.fetch_hint}")
         try:
             self.download(root)
         except Exception as e:  # no network, DNS failure, HTTP error, checksum mismatch...
             raise UserError(f"{missing} Downloading it through torchvision failed ({type(e).__name__}: {e}). "
-                            f"{pull}") from e
+                            f"{self.fetch_hint}") from e
         if not self.is_present(root):
-            raise UserError(f"{missing} The download finished but the files are still missing. {pull}")
+            raise UserError(f"{missing} The download finished but the files are still missing. {self.fetch_hint}")
 
 
 def _digits_present(root: Path) -> bool:
@@ -147,6 +161,7 @@ DATASETS: dict[str, DatasetSpec] = {
             read=None,
             is_present=lambda root: root.is_dir(),
             list_files=folders.read_image_folder,
+            dvc_tracked=False,
         ),
     ]
 }

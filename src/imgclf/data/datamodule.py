@@ -74,8 +74,10 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.spec = get_dataset(dataset)
-        if batch_size < 2 or eval_batch_size < 1:
+        if batch_size < 2:
             raise UserError(f"--data.batch_size must be >= 2 (BatchNorm needs two images), got {batch_size}.")
+        if eval_batch_size < 1:  # evaluation uses BatchNorm's running statistics: one image is enough
+            raise UserError(f"--data.eval_batch_size must be >= 1, got {eval_batch_size}.")
         self.root = self.spec.locate(root, data_dir)
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.augment = val_fraction, split_seed, augment

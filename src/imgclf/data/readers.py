@@ -136,11 +136,6 @@ def _load_pickle(path: Path) -> dict:
                         f"{_refetch_hint(path)}") from e
 
 
-def read_cifar10_classes(root: Path) -> list[str]:
-    meta = _load_pickle(root / CIFAR10_FOLDER / "batches.meta")
-    return list(meta["label_names"])
-
-
 def read_cifar10(root: Path, train: bool) -> ImageArrays:
     """torchvision's on-disk CIFAR-10: pickles holding `data` uint8 [N, 3072] (RGB planes) and `labels`."""
     images, labels = [], []

@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from imgclf.data.files import ImageFile, ImageFiles, SplitOptions, stratified_split
 from imgclf.errors import UserError
@@ -41,6 +40,8 @@ def is_present(root: Path) -> bool:
 
 
 def load_mat(path: Path, key: str) -> np.ndarray:
+    import scipy.io  # here: the catalog imports this module; importing scipy.io costs most of a second
+
     try:
         content = scipy.io.loadmat(path, squeeze_me=True)
     except Exception as e:  # scipy raises ValueError, TypeError, MatReadError... for damaged files

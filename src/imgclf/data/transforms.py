@@ -8,11 +8,14 @@ evaluation). Everything stays uint8 [3, H, W]: the model's PixelNormalize does t
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
 
@@ -39,15 +42,19 @@ def decode_rgb(path: Path, box: Box | None = None, padding: float = 0.0) -> torc
     """
     with Image.open(path) as image:
         if box is not None:
-            # Cropping before decoding the pixels: Pillow decodes lazily, so only the crop is converted.
+            # crop() decodes the whole image (it calls load()); cropping first only spares converting
+            # the pixels outside the box to RGB.
             image = image.crop(padded_box(box, padding, image.width, image.height))
-        # convert() forces the full decode, so a truncated file fails here (inside the worker), not later.
+        # crop() or else convert() forces the full decode, so a truncated file fails here (inside the
+        # worker), not later.
         array = np.asarray(image.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def load_base(path: Path, input_size: int, box: Box | None = None, padding: float = 0.0) -> torch.Tensor:
     """The deterministic part: decode, crop to box, resize (squash) to base_size x base_size, uint8."""
+    from torchvision.transforms import v2  # here: the catalog imports this module; importing torchvision costs seconds
+
     image = decode_rgb(path, box, padding)
     side = base_size(input_size)
     # Squash rather than crop the long side: a centre square would cut the front or back off a car.
@@ -56,6 +63,8 @@ def load_base(path: Path, input_size: int, box: Box | None = None, padding: floa
 
 def train_view(input_size: int) -> v2.Transform:
     """A random part (35-100% of the area, aspect 3:4-4:3) at input_size, flipped half the time."""
+    from torchvision.transforms import v2  # here: the catalog imports this module; importing torchvision costs seconds
+
     return v2.Compose([
         v2.RandomResizedCrop(input_size, scale=(0.35, 1.0), antialias=True),
         v2.RandomHorizontalFlip(),  # a mirrored car is the same model
@@ -64,4 +73,6 @@ def train_view(input_size: int) -> v2.Transform:
 
 def eval_view(input_size: int) -> v2.Transform:
     """The centre input_size square of the base image: the same view every time."""
+    from torchvision.transforms import v2  # here: the catalog imports this module; importing torchvision costs seconds
+
     return v2.CenterCrop(input_size)

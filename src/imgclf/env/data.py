@@ -21,11 +21,11 @@ def dataset_checks(data_dir: Path) -> list[Check]:
             found = str(where) if where.exists() else "bundled with its Python package"
             checks.append(Check("data", spec.name, "PASS", found, info={"present": True, "path": str(where)}))
             continue
-        if spec.name == "folder":  # the user's own images: no fixed place, nothing to fetch, nothing wrong
+        if not spec.dvc_tracked:  # the user's own images: no fixed place, nothing to fetch, nothing wrong
             continue
         download = " or let main.py download it on first use (needs internet)," if spec.download else ""
         checks.append(Check("data", spec.name, "WARN", f"not found in {where}/",
-                            f"Fetch it with `dvc pull data/{spec.name}.dvc`,{download} if you train on it.",
+                            f"Fetch it with {spec.pull_command},{download} if you train on it.",
                             {"present": False, "path": str(where)}))
     return checks
 
