@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from image_files import write_colour_folder
 from onnx import numpy_helper
 from PIL import Image
 
@@ -216,3 +217,31 @@ def test_verify_refuses_a_checkpoint_of_another_model(digits_onnx, fashion_model
     code = run_script("verify_onnx.py", "--model", str(digits_onnx), "--ckpt", str(fashion_model[0]),
                       "--report", str(tmp_path / "r.json"))
     assert "was not exported from" in code
+
+
+# --------------------------------------------------------------------------- image files (folder datasets)
+@pytest.fixture(scope="session")
+def folder_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A small_cnn trained for one epoch on a folder of non-square JPEGs (train/ and test/ as given), exported."""
+    root = tmp_path_factory.mktemp("folder")
+    write_colour_folder(root / "train", {"red": 6, "green": 6, "blue": 6})
+    write_colour_folder(root / "test", {"red": 2, "green": 2, "blue": 2})
+    run_dir = train(tmp_path_factory.mktemp("runs"), "--data.dataset", "folder", "--data.root", str(root),
+                    "--data.input_size", "16", "--data.num_workers", "0", "--data.batch_size", "8",
+                    "--data.val_fraction", "0.2", "--trainer.max_epochs", "1")
+    output = tmp_path_factory.mktemp("onnx") / "folder.onnx"
+    export(run_dir / "best.ckpt", output)
+    return root, output
+
+
+def test_verify_runs_on_image_file_test_splits(folder_model, tmp_path):
+    root, model = folder_model
+    result = verify(model, report=tmp_path / "report.json", quantize=True, latency_repeats=2)
+    assert result["passed"] and all(result["checks"].values()), result["checks"]
+    assert result["test_images"] == 6  # the files of root/test/, decoded as evaluation decodes them
+    assert result["onnx_accuracy"] == result["torch_accuracy"]
+    assert Path(result["int8"]["model"]).is_file()  # calibrated on decoded validation images
+
+    (root / "test" / "green" / "1.jpg").write_bytes(b"not a jpeg")  # as at test time: named, no traceback
+    code = run_script("verify_onnx.py", "--model", str(model), "--report", str(tmp_path / "r.json"))
+    assert code.startswith("error: Cannot read image") and "green/1.jpg" in code

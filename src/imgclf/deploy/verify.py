@@ -16,7 +16,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+from torch.utils.data import Subset
 
+from imgclf.data.datamodule import ImageDataModule
 from imgclf.deploy.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
 from imgclf.deploy.export import weights_sha256
 from imgclf.deploy.latency import format_latency, latency_table, timing_session
@@ -51,6 +53,31 @@ def check_same_model(metadata: ModelMetadata, ckpt: Checkpoint, model_path: Path
             f"({hp.network}, {len(theirs[1])} classes, input {hp.in_channels}x{list(hp.image_size)}). "
             f"Pass the checkpoint it came from with --ckpt (export recorded {metadata.checkpoint})."
         )
+
+
+def evaluation_arrays(datamodule: ImageDataModule, split: str,
+                      limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(float32 [N, C, H, W] raw pixels, labels) of a split as evaluation feeds them to the model.
+
+    In-memory splits hold their images already; image-file splits are decoded through the DataModule's own
+    evaluation loader (centre crop, its workers), and an unreadable file is named in a UserError or, with
+    --data.skip_bad_images, left out, exactly as at test time. `limit`: only the first images.
+    """
+    data = datamodule.splits[split]
+    if datamodule.file_data is None:
+        images, labels = data.images[:limit], data.labels[:limit]
+    else:
+        view = data.evaluation_view()
+        subset = view if limit is None else Subset(view, range(min(limit, len(view))))
+        batches = [datamodule.file_data.clean_batch(batch, view)
+                   for batch in datamodule.file_data.loader(subset, datamodule.eval_batch_size, False, None)]
+        images = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0)
+        labels = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0)
+    if not len(labels):
+        raise UserError(f"The {split} split of the {datamodule.spec.name} data in {datamodule.root} holds no "
+                        f"readable images, so there is nothing to verify the model on. For an image folder, "
+                        f"train with a test/ folder or --data.test_fraction above 0.")
+    return images.float().numpy(), labels.numpy()
 
 
 def run_onnx(session: ort.InferenceSession, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
@@ -128,8 +155,7 @@ def verify(model: str | Path = "model.onnx", ckpt: str | None = None, report: st
     check_same_model(metadata, checkpoint, model_path)
     datamodule = checkpoint.datamodule(metadata.dataset)
     datamodule.setup("test")
-    test = datamodule.splits["test"]
-    images, labels = test.images.float().numpy(), test.labels.numpy()
+    images, labels = evaluation_arrays(datamodule, "test")
     network = checkpoint.model.network_module().eval()
 
     torch_logits, onnx_logits = run_torch(network, images), run_onnx(session, images)
@@ -154,10 +180,9 @@ def verify(model: str | Path = "model.onnx", ckpt: str | None = None, report: st
     timed = {"onnxruntime": model_path}
     int8 = None
     if quantize:
-        splits = datamodule.splits
-        calibration = splits["val"] if len(splits["val"]) else splits["train"]
-        int8 = int8_figures(model_path, onnx_logits, labels, images,
-                            calibration.images[:CALIBRATION_IMAGES].float().numpy())
+        calibration, _ = evaluation_arrays(datamodule, "val" if len(datamodule.splits["val"]) else "train",
+                                           CALIBRATION_IMAGES)
+        int8 = int8_figures(model_path, onnx_logits, labels, images, calibration)
         timed["onnxruntime_int8"] = Path(int8["model"])
     latency = measure_latency(network, timed, images, threads, latency_repeats)
 
