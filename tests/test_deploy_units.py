@@ -1,0 +1,29 @@
+"""Deployment helpers on hand-made arrays: no training, no model files."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from imgclf.deploy.verify import check_dynamic_batches, compare_logits
+
+
+class FixedSession:
+    """Stands in for an ONNX Runtime session: returns `logits` for the first len(input) images."""
+
+    def __init__(self, logits: np.ndarray) -> None:
+        self.logits = logits
+
+    def run(self, outputs, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (images,) = feeds.values()
+        return [self.logits[np.arange(len(images)) % len(self.logits)]]
+
+
+def test_nan_logits_are_out_of_tolerance() -> None:
+    reference = np.array([[0.5, -1.0, 2.0], [0.0, 3.0, 1.0]], dtype=np.float32)
+    assert compare_logits(reference.copy(), reference)["values_out_of_tolerance"] == 0
+    broken = reference.copy()
+    broken[1, 2] = np.nan
+    assert compare_logits(broken, reference)["values_out_of_tolerance"] == 1
+    # The dynamic batch check applies the same rule: batch 1 takes row 0 only, the others reach the NaN.
+    batches = check_dynamic_batches(FixedSession(broken), np.zeros((2, 1, 4, 4), np.float32), reference)
+    assert {size: b["ok"] for size, b in batches.items()} == {"1": True, "7": False, "64": False}
