@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from imgclf.deploy.predictor import run_onnx
 from imgclf.deploy.verify import check_dynamic_batches, compare_logits
 
 
@@ -27,3 +28,23 @@ def test_nan_logits_are_out_of_tolerance() -> None:
     # The dynamic batch check applies the same rule: batch 1 takes row 0 only, the others reach the NaN.
     batches = check_dynamic_batches(FixedSession(broken), np.zeros((2, 1, 4, 4), np.float32), reference)
     assert {size: b["ok"] for size, b in batches.items()} == {"1": True, "7": False, "64": False}
+
+
+class RecordingSession:
+    """Logits = each image's pixel sum, and the batch sizes it was run with."""
+
+    def __init__(self) -> None:
+        self.batch_sizes: list[int] = []
+
+    def run(self, outputs, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        (images,) = feeds.values()
+        self.batch_sizes.append(len(images))
+        return [images.sum(axis=(1, 2, 3))[:, None]]
+
+
+def test_run_onnx_runs_in_batches_and_keeps_the_order() -> None:
+    images = np.arange(7 * 2 * 3 * 3, dtype=np.float32).reshape(7, 2, 3, 3)
+    session = RecordingSession()
+    logits = run_onnx(session, images, 3)
+    assert session.batch_sizes == [3, 3, 1]
+    np.testing.assert_array_equal(logits[:, 0], images.sum(axis=(1, 2, 3)))

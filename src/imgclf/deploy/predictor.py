@@ -18,7 +18,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
 from imgclf.errors import UserError
 
-BATCH = 64  # images per run: bounds memory for long file lists, and the batch axis is dynamic anyway
+# Images per session.run: bounds ONNX Runtime's activation memory (the decoded files are all stacked
+# before the first run, so it does not bound that); the batch axis is dynamic, any size works.
+BATCH = 64
 
 
 def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMetadata]:
@@ -34,6 +36,12 @@ def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMet
                         f"The file is corrupt or not an ONNX model; export it again with export.py.") from e
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(model_path))
     return session, metadata
+
+
+def run_onnx(session: ort.InferenceSession, images: np.ndarray, batch: int) -> np.ndarray:
+    """float32 [N, C, H, W] raw pixels -> [N, num_classes] logits, `batch` images per run."""
+    return np.concatenate([session.run(None, {INPUT_NAME: images[i:i + batch]})[0]
+                           for i in range(0, len(images), batch)])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -84,9 +92,7 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """float32 [N, C, H, W] raw pixels -> [N, num_classes] probabilities."""
-        logits = [self.session.run(None, {INPUT_NAME: images[i:i + BATCH]})[0]
-                  for i in range(0, len(images), BATCH)]
-        return softmax(np.concatenate(logits))
+        return softmax(run_onnx(self.session, images, BATCH))
 
     def predict(self, paths: list[str], top_k: int) -> list[Prediction]:
         names = self.metadata.class_names

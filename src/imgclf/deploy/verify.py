@@ -23,7 +23,7 @@ from imgclf.deploy.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkp
 from imgclf.deploy.export import weights_sha256
 from imgclf.deploy.latency import format_latency, latency_table, timing_session
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
-from imgclf.deploy.predictor import open_session
+from imgclf.deploy.predictor import open_session, run_onnx
 from imgclf.deploy.quantize import quantize_int8
 from imgclf.errors import UserError
 
@@ -80,11 +80,6 @@ def evaluation_arrays(datamodule: ImageDataModule, split: str,
     return images.float().numpy(), labels.numpy()
 
 
-def run_onnx(session: ort.InferenceSession, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
-    return np.concatenate([session.run(None, {INPUT_NAME: images[i:i + batch]})[0]
-                           for i in range(0, len(images), batch)])
-
-
 @torch.inference_mode()
 def run_torch(network: torch.nn.Module, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
     return np.concatenate([network(torch.from_numpy(images[i:i + batch])).numpy()
@@ -137,7 +132,7 @@ def int8_figures(model_path: Path, float_logits: np.ndarray, labels: np.ndarray,
     output = model_path.with_name(model_path.stem + ".int8.onnx")
     quantize_int8(model_path, output, calibration)
     session, _ = open_session(output)
-    logits = run_onnx(session, images)
+    logits = run_onnx(session, images, EVAL_BATCH)
     accuracy = float((logits.argmax(1) == labels).mean())
     float_accuracy = float((float_logits.argmax(1) == labels).mean())
     figures = {"model": str(output), "size_kib": round(output.stat().st_size / 1024, 1),
@@ -162,7 +157,7 @@ def verify(model: str | Path = "model.onnx", ckpt: str | None = None, report: st
     images, labels = evaluation_arrays(datamodule, "test")
     network = checkpoint.model.network_module().eval()
 
-    torch_logits, onnx_logits = run_torch(network, images), run_onnx(session, images)
+    torch_logits, onnx_logits = run_torch(network, images), run_onnx(session, images, EVAL_BATCH)
     torch_top1, onnx_top1 = torch_logits.argmax(1), onnx_logits.argmax(1)
     figures = compare_logits(onnx_logits, torch_logits)
     figures |= {
