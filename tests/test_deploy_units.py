@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 
+from imgclf.deploy.metadata import ModelMetadata
 from imgclf.deploy.predictor import run_onnx
 from imgclf.deploy.verify import check_dynamic_batches, compare_logits
 
@@ -48,3 +51,13 @@ def test_run_onnx_runs_in_batches_and_keeps_the_order() -> None:
     logits = run_onnx(session, images, 3)
     assert session.batch_sizes == [3, 3, 1]
     np.testing.assert_array_equal(logits[:, 0], images.sum(axis=(1, 2, 3)))
+
+
+def test_metadata_string_fields_survive_json_lookalike_values() -> None:
+    """Every str field comes back as the same string, even one that would parse as JSON ("42", "null")."""
+    values = dict(class_names=["a", "b"], image_size=[8, 8], in_channels=1, mean=[0.5], std=[0.25],
+                  test_metrics={"test/acc": 0.5})
+    strings = [f.name for f in fields(ModelMetadata) if f.name not in values]
+    values |= {name: ["42", "null", "[1]", '"quoted"'][i % 4] for i, name in enumerate(strings)}
+    metadata = ModelMetadata(**values)
+    assert ModelMetadata.from_props(metadata.to_props(), "model.onnx") == metadata

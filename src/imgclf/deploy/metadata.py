@@ -7,7 +7,7 @@ nor onnx: values are plain strings, lists and dicts as JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from imgclf.errors import UserError
 
@@ -47,7 +47,9 @@ class ModelMetadata:
                 f"not written by export.py (or was re-saved without its metadata). Export it again with "
                 f"`uv run python export.py --ckpt runs/<run>/best.ckpt --output {source}`."
             )
-        strings = {"dataset", "network", "checkpoint", "checkpoint_sha256", "weights_sha256", "input_format"}
+        # Fields annotated str are stored as they are, the rest as JSON. f.type is the annotation's text
+        # (this module has `from __future__ import annotations`), hence the comparison with "str".
+        strings = {f.name for f in fields(cls) if f.type == "str"}
         try:
             values = {name: props[name] if name in strings else json.loads(props[name])
                       for name in cls.__dataclass_fields__}
