@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import fields
 
 import numpy as np
+import pytest
 
 from imgclf.deploy.metadata import ModelMetadata
 from imgclf.deploy.predictor import run_onnx
 from imgclf.deploy.verify import check_dynamic_batches, compare_logits
+from imgclf.errors import UserError
 
 
 class FixedSession:
@@ -56,8 +58,20 @@ def test_run_onnx_runs_in_batches_and_keeps_the_order() -> None:
 def test_metadata_string_fields_survive_json_lookalike_values() -> None:
     """Every str field comes back as the same string, even one that would parse as JSON ("42", "null")."""
     values = dict(class_names=["a", "b"], image_size=[8, 8], in_channels=1, mean=[0.5], std=[0.25],
-                  test_metrics={"test/acc": 0.5})
+                  base_size=9, test_metrics={"test/acc": 0.5})
     strings = [f.name for f in fields(ModelMetadata) if f.name not in values]
     values |= {name: ["42", "null", "[1]", '"quoted"'][i % 4] for i, name in enumerate(strings)}
     metadata = ModelMetadata(**values)
     assert ModelMetadata.from_props(metadata.to_props(), "model.onnx") == metadata
+
+
+def test_metadata_of_files_exported_before_base_size_still_loads() -> None:
+    metadata = ModelMetadata(class_names=["a", "b"], image_size=[8, 8], in_channels=1, mean=[0.5], std=[0.25],
+                             dataset="digits", network="small_cnn", checkpoint="best.ckpt",
+                             checkpoint_sha256="0" * 64, weights_sha256="1" * 64, base_size=8)
+    props = metadata.to_props()
+    del props["base_size"]
+    assert ModelMetadata.from_props(props, "old.onnx").base_size is None  # the predictor's old recipe
+    del props["network"]
+    with pytest.raises(UserError, match=r"old.onnx lacks .*\(network\)"):
+        ModelMetadata.from_props(props, "old.onnx")
