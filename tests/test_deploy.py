@@ -14,15 +14,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from image_files import write_colour_folder
 from onnx import numpy_helper
 from PIL import Image
 
 from imgclf.cli import RUN_DIR_ENV, main
+from imgclf.data import transforms
 from imgclf.data.catalog import DATASETS, DEBIAN_FASHION_MNIST
 from imgclf.data.readers import read_digits, read_fashion_mnist
 from imgclf.deploy.checkpoint import file_sha256, load_checkpoint
 from imgclf.deploy.export import export
 from imgclf.deploy.metadata import ModelMetadata
+from imgclf.deploy.predictor import Predictor, load_image
 from imgclf.deploy.verify import verify
 
 pytestmark = pytest.mark.slow
@@ -78,6 +81,7 @@ def test_export_writes_metadata_and_a_dynamic_batch_axis(digits_run, digits_onnx
     metadata = ModelMetadata.from_props({p.key: p.value for p in model.metadata_props}, str(digits_onnx))
     assert metadata.class_names == list(DATASETS["digits"].classes)
     assert (metadata.image_size, metadata.in_channels) == ([8, 8], 1)
+    assert metadata.base_size == 8  # in-memory images come at the input size: no base square
     assert metadata.mean == list(DATASETS["digits"].mean) and metadata.std == list(DATASETS["digits"].std)
     assert (metadata.dataset, metadata.network) == ("digits", "small_cnn")
     assert metadata.checkpoint_sha256 == file_sha256(digits_run / "best.ckpt")
@@ -216,3 +220,53 @@ def test_verify_refuses_a_checkpoint_of_another_model(digits_onnx, fashion_model
     code = run_script("verify_onnx.py", "--model", str(digits_onnx), "--ckpt", str(fashion_model[0]),
                       "--report", str(tmp_path / "r.json"))
     assert "was not exported from" in code
+
+
+# --------------------------------------------------------------------------- image files (folder datasets)
+@pytest.fixture(scope="session")
+def folder_model(tmp_path_factory) -> tuple[Path, Path]:
+    """A small_cnn trained for one epoch on a folder of non-square JPEGs (train/ and test/ as given), exported."""
+    root = tmp_path_factory.mktemp("folder")
+    write_colour_folder(root / "train", {"red": 6, "green": 6, "blue": 6})
+    write_colour_folder(root / "test", {"red": 2, "green": 2, "blue": 2})
+    run_dir = train(tmp_path_factory.mktemp("runs"), "--data.dataset", "folder", "--data.root", str(root),
+                    "--data.input_size", "16", "--data.num_workers", "0", "--data.batch_size", "8",
+                    "--data.val_fraction", "0.2", "--trainer.max_epochs", "1")
+    output = tmp_path_factory.mktemp("onnx") / "folder.onnx"
+    export(run_dir / "best.ckpt", output)
+    return root, output
+
+
+def test_verify_runs_on_image_file_test_splits(folder_model, tmp_path):
+    root, model = folder_model
+    result = verify(model, report=tmp_path / "report.json", quantize=True, latency_repeats=2)
+    assert result["passed"] and all(result["checks"].values()), result["checks"]
+    assert result["test_images"] == 6  # the files of root/test/, decoded as evaluation decodes them
+    assert result["onnx_accuracy"] == result["torch_accuracy"]
+    assert Path(result["int8"]["model"]).is_file()  # calibrated on decoded validation images
+
+    broken = root / "test" / "green" / "1.jpg"
+    original = broken.read_bytes()
+    broken.write_bytes(b"not a jpeg")  # as at test time: named, no traceback
+    try:
+        code = run_script("verify_onnx.py", "--model", str(model), "--report", str(tmp_path / "r.json"))
+    finally:
+        broken.write_bytes(original)  # the folder is shared by the session's other tests
+    assert code.startswith("error: Cannot read image") and "green/1.jpg" in code
+
+
+def test_predictor_preprocesses_image_files_as_evaluation_does(folder_model, tmp_path):
+    _, model = folder_model
+    predictor = Predictor(model)
+    assert predictor.metadata.base_size == transforms.base_size(16) == 18
+    # Wide noise: cropping to the aspect and squashing the whole image give clearly different pixels.
+    path = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 70, 3), dtype=np.uint8)).save(path)
+    expected = transforms.eval_view(16)(transforms.load_base(path, 16))
+    pixels = load_image(path, predictor.metadata)
+    # Pillow's and torchvision's antialiased bilinear resizes round a few pixels differently, by one level.
+    assert np.abs(pixels - expected.numpy()).max() <= 1
+    with torch.inference_mode():
+        network = load_checkpoint(predictor.metadata.checkpoint).model.network_module().eval()
+        reference = torch.softmax(network(expected[None].float()), 1).numpy()
+    np.testing.assert_allclose(predictor.probabilities(pixels[None]), reference, atol=1e-3)

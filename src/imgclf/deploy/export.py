@@ -18,6 +18,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from imgclf.data import transforms
+from imgclf.data.catalog import DATASETS
 from imgclf.deploy.checkpoint import Checkpoint, load_checkpoint
 from imgclf.deploy.metadata import INPUT_DESCRIPTION, INPUT_NAME, OUTPUT_NAME, ModelMetadata
 
@@ -55,11 +57,16 @@ def export_checkpoint(ckpt: Checkpoint, output: Path) -> ModelMetadata:
     )
     model = program.model_proto
     dataset = ckpt.datamodule_hparams.get("dataset", "unknown")
+    spec = DATASETS.get(dataset)
+    # Image-file models were evaluated on load_base's squashed base square (transforms.py): the predictor
+    # must rebuild that square, so its side goes into the metadata.
+    file_data = spec is not None and spec.list_files is not None
+    base_size = transforms.base_size(hp.image_size[0]) if file_data else max(hp.image_size)
     metadata = ModelMetadata(
         class_names=list(ckpt.model.class_names), image_size=list(hp.image_size), in_channels=hp.in_channels,
         mean=list(hp.mean), std=list(hp.std), dataset=dataset, network=hp.network,
         checkpoint=recorded_path(ckpt.path), checkpoint_sha256=ckpt.sha256,
-        weights_sha256=weights_sha256(model), test_metrics=ckpt.test_metrics(),
+        weights_sha256=weights_sha256(model), base_size=base_size, test_metrics=ckpt.test_metrics(),
     )
     del model.metadata_props[:]  # torch.export's internal bookkeeping means nothing to a deployer
     onnx.helper.set_model_props(model, metadata.to_props())

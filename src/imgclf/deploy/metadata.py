@@ -7,7 +7,7 @@ nor onnx: values are plain strings, lists and dicts as JSON.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from imgclf.errors import UserError
 
@@ -30,6 +30,11 @@ class ModelMetadata:
     checkpoint: str  # where the weights came from, so verify_onnx.py can find it again
     checkpoint_sha256: str
     weights_sha256: str  # of the exported graph's initializers: a weight edited after export is caught
+    # The preprocessing recipe. Above the input side (image-file datasets: 8/7 of it): evaluation squashes
+    # the whole image to a base_size square, then takes its centre. Equal to it (in-memory datasets, whose
+    # images come at the input size): centre-crop to the input's aspect, resize. None: exported before
+    # this field existed, treated like the latter.
+    base_size: int | None = None
     test_metrics: dict[str, float] = field(default_factory=dict)  # the run's metrics.json, when present
     input_format: str = "float32 NCHW raw pixels 0-255, normalization inside the graph"
 
@@ -40,17 +45,21 @@ class ModelMetadata:
     @classmethod
     def from_props(cls, props: dict[str, str], source: str) -> ModelMetadata:
         """Parse metadata_props; `source` (the file name) only serves the error message."""
-        missing = [name for name in cls.__dataclass_fields__ if name not in props]
+        # A field with a default may be absent: files exported before it existed still load.
+        missing = [f.name for f in fields(cls) if f.name not in props
+                   and f.default is MISSING and f.default_factory is MISSING]
         if missing:
             raise UserError(
                 f"{source} lacks the metadata this project's tools need ({', '.join(missing)}), so it was "
                 f"not written by export.py (or was re-saved without its metadata). Export it again with "
                 f"`uv run python export.py --ckpt runs/<run>/best.ckpt --output {source}`."
             )
-        strings = {"dataset", "network", "checkpoint", "checkpoint_sha256", "weights_sha256", "input_format"}
+        # Fields annotated str are stored as they are, the rest as JSON. f.type is the annotation's text
+        # (this module has `from __future__ import annotations`), hence the comparison with "str".
+        strings = {f.name for f in fields(cls) if f.type == "str"}
         try:
             values = {name: props[name] if name in strings else json.loads(props[name])
-                      for name in cls.__dataclass_fields__}
+                      for name in cls.__dataclass_fields__ if name in props}
         except json.JSONDecodeError as e:
             raise UserError(f"{source} holds unreadable metadata ({e}); export it again with "
                             f"export.py.") from e

@@ -1,9 +1,12 @@
 """Image files -> top-k classes with model.onnx. Imports only numpy, PIL, onnxruntime and json (through
 metadata.py), so it runs where torch is not installed.
 
-Preprocessing matches training: the model takes raw 0-255 pixels and normalizes them itself, so the only
-steps here are decoding, converting to the model's channels, center-cropping to its aspect ratio, and
-resizing to its input size. An image already of that size and mode reaches the model unchanged.
+Preprocessing matches evaluation: the model takes raw 0-255 pixels and normalizes them itself, so the only
+steps here are decoding, converting to the model's channels, and sizing. Models of in-memory datasets
+(metadata base_size equal to the input side, or absent): center-crop to the input's aspect ratio and resize
+to the input size; an image already of that size and mode reaches the model unchanged. Models of image-file
+datasets (base_size above the input side): squash the whole image to a base_size square and take its
+centre, as transforms.load_base + eval_view do at evaluation.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
 from imgclf.errors import UserError
 
-BATCH = 64  # images per run: bounds memory for long file lists, and the batch axis is dynamic anyway
+# Images per session.run: bounds ONNX Runtime's activation memory (the decoded files are all stacked
+# before the first run, so it does not bound that); the batch axis is dynamic, any size works.
+BATCH = 64
 
 
 def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMetadata]:
@@ -34,6 +39,12 @@ def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMet
                         f"The file is corrupt or not an ONNX model; export it again with export.py.") from e
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(model_path))
     return session, metadata
+
+
+def run_onnx(session: ort.InferenceSession, images: np.ndarray, batch: int) -> np.ndarray:
+    """float32 [N, C, H, W] raw pixels -> [N, num_classes] logits, `batch` images per run."""
+    return np.concatenate([session.run(None, {INPUT_NAME: images[i:i + batch]})[0]
+                           for i in range(0, len(images), batch)])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -66,7 +77,14 @@ def load_image(path: str | Path, metadata: ModelMetadata) -> np.ndarray:
         raise UserError(f"{path} is not an image PIL can read ({type(e).__name__}: {e}); pass PNG or "
                         f"JPEG files (grayscale or RGB, any size).") from e
     height, width = metadata.image_size
-    if image.size != (width, height):
+    side = metadata.base_size
+    if side is not None and side > max(height, width):
+        # Pillow's bilinear resize antialiases when shrinking, like load_base's torchvision resize; on uint8
+        # the two differ by at most one grey level, on a few pixels (measured; the test checks it).
+        image = image.resize((side, side), Image.Resampling.BILINEAR)
+        top, left = round((side - height) / 2), round((side - width) / 2)  # torchvision's CenterCrop anchor
+        image = image.crop((left, top, left + width, top + height))
+    elif image.size != (width, height):
         image = center_crop_to_aspect(image, height, width).resize((width, height), Image.Resampling.BILINEAR)
     pixels = np.asarray(image, dtype=np.float32)
     return pixels[None] if pixels.ndim == 2 else pixels.transpose(2, 0, 1)
@@ -84,9 +102,7 @@ class Predictor:
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """float32 [N, C, H, W] raw pixels -> [N, num_classes] probabilities."""
-        logits = [self.session.run(None, {INPUT_NAME: images[i:i + BATCH]})[0]
-                  for i in range(0, len(images), BATCH)]
-        return softmax(np.concatenate(logits))
+        return softmax(run_onnx(self.session, images, BATCH))
 
     def predict(self, paths: list[str], top_k: int) -> list[Prediction]:
         names = self.metadata.class_names
