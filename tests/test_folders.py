@@ -10,7 +10,7 @@ import torch
 from image_files import FASHION_MNIST, write_colour_folder, write_fashion_mnist_folder
 
 from imgclf.cli import RUN_DIR_ENV, main
-from imgclf.data import ImageDataModule
+from imgclf.data import ImageDataModule, cache
 from imgclf.data.cache import build_cache, open_cache
 from imgclf.data.files import SplitOptions
 from imgclf.data.folders import read_image_folder
@@ -127,7 +127,7 @@ def test_class_with_a_single_image_is_warned_about(tmp_path: Path) -> None:
         dm.setup("fit")
 
 
-def test_cache_matches_decoding_and_goes_stale(tmp_path: Path) -> None:
+def test_cache_matches_decoding_and_goes_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_colour_folder(tmp_path / "images", {"a": 3, "b": 3}, size=(70, 50))
     cache_dir = tmp_path / "cache"
     kwargs = dict(dataset="folder", root=str(root), val_fraction=0.0, test_fraction=0.3, input_size=21,
@@ -149,6 +149,9 @@ def test_cache_matches_decoding_and_goes_stale(tmp_path: Path) -> None:
     build_cache(cache_dir, root, files, size, False, 0.1, skip_bad_images=False, num_workers=0)
     with pytest.raises(UserError, match="stale"):  # so do other settings
         open_cache(cache_dir, root, files, size + 7, False, 0.1)
+    monkeypatch.setattr(cache, "DECODER_VERSION", cache.DECODER_VERSION + 1)
+    with pytest.raises(UserError, match="stale"):  # and a decoder that gives other pixels
+        open_cache(cache_dir, root, files, size, False, 0.1)
 
 
 @pytest.mark.slow

@@ -19,6 +19,9 @@ from PIL import Image, ImageOps
 
 from imgclf.errors import UserError
 
+# Part of every image cache's fingerprint: bump it when decode_image's pixels change, so caches written by an
+# older decoder are refused as stale instead of serving other pixels than decoding would (2: EXIF, 16 bits).
+DECODER_VERSION = 2
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # "I" holds 16-bit PNG/TIFF data as int32
 Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
