@@ -106,6 +106,6 @@ def check_image(path: str | Path) -> None:
         if image.format == "PNG":
             image.verify()
             return
-        if image.format == "JPEG":
+        if image.format in ("JPEG", "MPO"):  # MPO: the multi-picture JPEG some cameras write
             image.draft(image.mode, (1, 1))
         image.load()

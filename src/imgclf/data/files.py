@@ -2,10 +2,10 @@
 file at setup, and the torch Dataset that decodes them in DataLoader workers.
 
 `find_bad_images` finds unreadable files at setup, in seconds, before any training. As a last line of
-defence (a file that passes the quick check but fails the full decode), a file that fails to decode does
-not raise inside the worker (the DataLoader would wrap the message in a
-traceback); the worker returns label -1 instead, and `drop_bad_images` in the main process either names the
-file in a UserError or, with skip_bad_images, drops it from the batch and counts it.
+defence (a file that passes the quick check but fails the full decode, or changes after setup), a file that
+fails to decode does not raise inside the worker (the DataLoader would wrap the message in a traceback); the
+worker returns label -1 instead, and `drop_bad_images` in the main process either names the file in a
+UserError or, with skip_bad_images, drops it from the batch and counts it.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def check_error(path: Path) -> str | None:
     """Why `path` would not decode, from decode.check_image (quicker than decoding it), or None."""
     try:
         check_image(path)
-    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError...; decode a UserError
+    except Exception as e:  # Pillow raises OSError, ValueError, SyntaxError...; too large: UserError
         return f"{type(e).__name__}: {e}"
     return None
 
