@@ -46,5 +46,5 @@ def check_class_counts(classes: Sequence[str], labels: Mapping[str, Sequence[int
         return None
     return (f"{len(short)} class(es) have no image in the {' or '.join(measured)} split, so they are not "
             f"measured there: {_describe(classes, counts, short)}. Their accuracy is unknown, and f1_macro "
-            f"counts such a class as 0 whenever the model predicts it. Add images (a few per class and split), "
-            f"or put test images in test/<class>/.")
+            f"counts such a class as 0 whenever the model predicts it. Add images of these classes (a few per "
+            f"split), or raise --data.val_fraction / --data.test_fraction where splits are drawn automatically.")
