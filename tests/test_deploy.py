@@ -191,8 +191,9 @@ def test_predict_classifies_fashion_mnist_pngs_like_pytorch_without_torch(fashio
     test = read_fashion_mnist(DEBIAN_FASHION_MNIST, train=False)
     images = test.images[:16]
     paths = []
-    for i, image in enumerate(images):
-        paths.append(tmp_path / f"test_{i:02d}.png")
+    (tmp_path / "folder" / "x_more").mkdir(parents=True)  # sorts after the test_*.png beside it
+    for i, image in enumerate(images):  # a folder stands for every image in it, at any depth, sorted
+        paths.append(tmp_path / "folder" / ("x_more" if i >= 8 else "") / f"test_{i:02d}.png")
         Image.fromarray(image[0].numpy()).save(paths[-1])
     rgb_big = tmp_path / "rgb_big.jpg"  # "any size, grayscale or RGB": must be read, not matched
     Image.fromarray(images[0, 0].numpy()).convert("RGB").resize((84, 84)).save(rgb_big)
@@ -200,7 +201,7 @@ def test_predict_classifies_fashion_mnist_pngs_like_pytorch_without_torch(fashio
         expected = load_checkpoint(ckpt).model(images).argmax(1).tolist()
     assert len(set(expected)) >= 2, "the tiny model predicts one class only: the comparison would be weak"
 
-    argv = ["predict.py", *map(str, [*paths, rgb_big]), "--model", str(model), "--top-k", "3"]
+    argv = ["predict.py", str(tmp_path / "folder"), str(rgb_big), "--model", str(model), "--top-k", "3"]
     block_torch = ("import runpy, sys; sys.modules['torch'] = None; "  # any `import torch` now raises
                    f"sys.argv = {argv!r}; runpy.run_path('predict.py', run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", block_torch], cwd=REPO, capture_output=True, text=True,

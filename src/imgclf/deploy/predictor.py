@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from imgclf.data.decode import IMAGE_SUFFIXES, decode_image, images_in
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
 from imgclf.errors import UserError
 
@@ -68,11 +69,10 @@ def load_image(path: str | Path, metadata: ModelMetadata) -> np.ndarray:
     """float32 [C, H, W] raw pixels 0-255 as the model expects; UserError when the file is not an image."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist; pass paths of PNG or JPEG files.")
+        raise UserError(f"{path} does not exist; pass image files (PNG, JPEG, ...) or folders of them.")
     try:
-        with Image.open(path) as image:
-            # Phone photos store their rotation in EXIF: apply it, or the model sees the image sideways.
-            image = ImageOps.exif_transpose(image).convert("L" if metadata.in_channels == 1 else "RGB")
+        # The decoding training and evaluation use: EXIF rotation applied, 16 bits scaled, huge files refused.
+        image = decode_image(path, "L" if metadata.in_channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's errors for bad files
         raise UserError(f"{path} is not an image PIL can read ({type(e).__name__}: {e}); pass PNG or "
                         f"JPEG files (grayscale or RGB, any size).") from e
@@ -126,10 +126,24 @@ def format_predictions(predictions: list[Prediction]) -> str:
     return "\n".join(lines)
 
 
+def image_paths(paths: list[str]) -> list[str]:
+    """The paths given, each folder replaced by the image files under it (any depth, sorted)."""
+    expanded = []
+    for path in paths:
+        if not Path(path).is_dir():
+            expanded.append(path)
+            continue
+        found = images_in(Path(path))
+        if not found:
+            raise UserError(f"Folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        expanded += [str(f) for f in found]
+    return expanded
+
+
 def predict(paths: list[str], model_path: str | Path, top_k: int) -> list[Prediction]:
-    """predict.py: classify the files and print the top-k classes of each."""
+    """predict.py: classify the files (and every image in the folders given) and print the top-k classes."""
     if not paths:
-        raise UserError("No image files given; pass one or more PNG/JPEG paths.")
-    predictions = Predictor(model_path).predict(paths, top_k)
+        raise UserError("No image files given; pass one or more image files or folders.")
+    predictions = Predictor(model_path).predict(image_paths(paths), top_k)
     print(format_predictions(predictions))
     return predictions
