@@ -2,6 +2,7 @@
 
     uv run python export.py                                  # runs/latest/best.ckpt -> model.onnx
     uv run python export.py --ckpt runs/<run>/best.ckpt --output model.onnx
+    uv run python export.py --opset 20                       # a newer opset (default 18: onnxruntime >= 1.14)
 """
 
 import argparse
@@ -14,10 +15,13 @@ if __name__ == "__main__":
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default="runs/latest/best.ckpt", help="checkpoint written by main.py")
     parser.add_argument("--output", default="model.onnx", help="ONNX file to write")
+    parser.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18, stamped IR version 8: "
+                        "loads in onnxruntime 1.14 and newer, OpenCV's DNN module and onnx's reference "
+                        "evaluator; higher opsets need newer runtimes)")
     args = parser.parse_args()
     try:
         from imgclf.deploy.export import export
 
-        export(args.ckpt, args.output)
+        export(args.ckpt, args.output, args.opset)
     except UserError as e:
         sys.exit(f"error: {e}")
