@@ -46,10 +46,10 @@ def torch_logits(digits_run) -> tuple[np.ndarray, np.ndarray]:
     return images.numpy(), logits.numpy()
 
 
-def test_export_stamps_opset_18_and_ir_version_8(digits_onnx):
+def test_export_stamps_opset_20_and_ir_version_9(digits_onnx):
     model = onnx.load(str(digits_onnx))
-    assert model.ir_version == 8  # onnxruntime 1.17 refuses IR 10, what torch 2.15 writes by default
-    assert {o.domain: o.version for o in model.opset_import}[""] == 18
+    assert model.ir_version == 9  # onnxruntime 1.17 refuses IR 10, what torch 2.15 writes by default
+    assert {o.domain: o.version for o in model.opset_import}[""] == 20
     onnx.checker.check_model(model, full_check=True)
 
 
@@ -63,10 +63,15 @@ def test_other_runtimes_give_the_same_answers(digits_onnx, torch_logits):
     assert not broken["ok"] and broken["values_out_of_tolerance"] > 0  # the comparison can fail
 
 
-def test_opsets_the_exporter_cannot_write_are_refused(digits_run):
+def test_export_at_the_oldest_opset_and_refuse_lower(digits_run, torch_logits, tmp_path):
     network = load_checkpoint(digits_run / "best.ckpt").model.network_module().eval()
     with pytest.raises(UserError, match="--opset 17 is outside"):
         onnx_graph(network, 1, [8, 8], 17)
+    oldest = onnx_graph(network, 1, [8, 8], 18)  # for onnxruntime 1.14-1.16
+    assert oldest.ir_version == 8 and {o.domain: o.version for o in oldest.opset_import}[""] == 18
+    onnx.save(oldest, str(tmp_path / "opset18.onnx"))
+    images, expected = torch_logits
+    assert runtime_parity(tmp_path / "opset18.onnx", images, expected, ("onnx_reference",))["onnx_reference"]["ok"]
 
 
 def test_too_old_runtime_says_what_to_do_and_never_calls_the_file_corrupt(digits_onnx, tmp_path):
@@ -133,6 +138,6 @@ def test_model_card_holds_the_numbers_of_its_run(digits_run, digits_onnx, tmp_pa
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     assert re.search(rf"git commit `{commit}(\+dirty)?`", card)
     assert (digits_run / "config.yaml").read_text().strip() in card
-    assert report["model_sha256"] in card and "opset 18, IR version 8" in card
+    assert report["model_sha256"] in card and "opset 20, IR version 9" in card
     assert "onnx 1." in card and "ReferenceEvaluator | same answers" in card and "OpenCV" in card
     assert "| 1 |" in card and "| 64 |" in card  # the latency table, batches 1 and 64

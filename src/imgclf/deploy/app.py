@@ -17,6 +17,7 @@ import hashlib
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
+from typing import Annotated
 
 from fastapi import FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -108,7 +109,7 @@ def create_app(model_path: str | Path = "model.onnx") -> FastAPI:
         return card
 
     @app.post("/predict")
-    def predict(images: list[UploadFile] = File(...), top_k: int = Form(5)) -> dict:
+    def predict(images: Annotated[list[UploadFile], File()], top_k: Annotated[int, Form()] = 5) -> dict:
         with tempfile.TemporaryDirectory(prefix="imgclf-app-") as tmp:
             paths, names = read_uploads(images, Path(tmp))
             try:

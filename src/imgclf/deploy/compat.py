@@ -16,7 +16,9 @@ from imgclf.errors import UserError
 # compatibility table). An older release refuses the file at load time.
 FIRST_ONNXRUNTIME_FOR_OPSET = {18: "1.14", 19: "1.15", 20: "1.17", 21: "1.18"}
 FIRST_ONNXRUNTIME_FOR_IR = {8: "1.14", 9: "1.15", 10: "1.18"}
-DEFAULT_OPSET = 18  # export.py's default, the lowest opset torch's dynamo exporter writes (deploy/export.py)
+# export.py's default (deploy/export.py says why): onnxruntime >= 1.17 and OpenCV 5's DNN module run it.
+DEFAULT_OPSET = 20
+OLDEST_OPSET = 18  # the lowest opset torch's dynamo exporter writes: onnxruntime >= 1.14
 
 # What onnxruntime says when a file is newer than it (seen with onnxruntime 1.17.3).
 _IR_TOO_NEW = re.compile(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)")
@@ -43,6 +45,6 @@ def too_old_runtime_error(message: str, model_path: Path | str) -> UserError | N
         f"{model_path} is a valid model written for a newer ONNX Runtime than the installed "
         f"onnxruntime {ort.__version__}: the file has {what}. Either upgrade (onnxruntime {needed} or newer "
         f"loads it: `pip install -U onnxruntime`), or export it again for older runtimes with "
-        f"`uv run python export.py --opset {DEFAULT_OPSET} --output {model_path}` (IR version 8, loaded by "
-        f"onnxruntime {minimum_onnxruntime(DEFAULT_OPSET)} and newer)."
+        f"`uv run python export.py --opset {OLDEST_OPSET} --output {model_path}` (IR version 8, loaded by "
+        f"onnxruntime {minimum_onnxruntime(OLDEST_OPSET)} and newer)."
     )

@@ -8,10 +8,12 @@ specializing silently; and its onnxscript optimizer folds BatchNorm into the con
 Runtime runs fewer ops. Its cost is a slower export (seconds, not milliseconds), paid once per model.
 
 Opset and IR version are chosen, not inherited from the installed torch: left alone, torch 2.15 writes IR
-version 10, which onnxruntime up to 1.17 (early 2024, still in many serving images) refuses. Opset 18 is
-the lowest the dynamo exporter writes (asked for 17, it falls back to 18); the file is stamped with the
-lowest IR version that opset allows (8), so every onnxruntime since 1.14 (February 2023) loads it, and
-so do OpenCV's DNN module and onnx's reference evaluator.
+version 10, which onnxruntime up to 1.17 (early 2024, still in many serving images) refuses. The file is
+stamped with the lowest IR version its opset allows. Default opset 20 (IR version 9): onnxruntime 1.17 and
+newer load it, and every network the project trains gave PyTorch's answers in onnxruntime 1.17 and 1.31,
+onnx's reference evaluator and OpenCV 5.0's DNN module (bench/onnx_runtimes.py). Opset 18 (the lowest the
+dynamo exporter writes; asked for 17 it falls back to 18) reaches back to onnxruntime 1.14, but it spells
+GELU (airbench, ConvNeXt) as Erf arithmetic, on which OpenCV 5.0 crashed; opset 20 has a Gelu operator.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from imgclf.data import transforms
 from imgclf.data.catalog import DATASETS
 from imgclf.deploy.card import card_fields
 from imgclf.deploy.checkpoint import Checkpoint, load_checkpoint
-from imgclf.deploy.compat import DEFAULT_OPSET, minimum_onnxruntime
+from imgclf.deploy.compat import DEFAULT_OPSET, OLDEST_OPSET, minimum_onnxruntime
 from imgclf.deploy.metadata import INPUT_DESCRIPTION, INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from imgclf.errors import UserError
 
@@ -60,10 +62,11 @@ def ir_version_for(opset: int) -> int:
 def onnx_graph(network: torch.nn.Module, in_channels: int, image_size: list[int], opset: int) -> onnx.ModelProto:
     """The network (raw pixels in, logits out, dynamic batch axis) as ONNX at exactly `opset`."""
     newest = onnx.defs.onnx_opset_version()
-    if not DEFAULT_OPSET <= opset <= newest:
-        raise UserError(f"--opset {opset} is outside what this exporter writes: {DEFAULT_OPSET} (torch's dynamo "
-                        f"exporter writes nothing lower) to {newest} (the installed onnx). The default, "
-                        f"{DEFAULT_OPSET}, loads in onnxruntime 1.14 and later.")
+    if not OLDEST_OPSET <= opset <= newest:
+        raise UserError(f"--opset {opset} is outside what this exporter writes: {OLDEST_OPSET} (torch's dynamo "
+                        f"exporter writes nothing lower; onnxruntime {minimum_onnxruntime(OLDEST_OPSET)} and later "
+                        f"load it) to {newest} (the installed onnx). The default, {DEFAULT_OPSET}, loads in "
+                        f"onnxruntime {minimum_onnxruntime(DEFAULT_OPSET)} and later.")
     # float32 raw pixels: what image libraries hand a deployer (PIL/numpy/OpenCV after resizing give
     # floats or uint8 that casts losslessly); a uint8 input would force them to round and clip.
     example = torch.randint(0, 256, (2, in_channels, *image_size)).float()
