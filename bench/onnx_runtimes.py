@@ -29,6 +29,7 @@ BATCH = 4
 
 
 def export_all(out: Path, opset: int) -> None:
+    import onnx
     import torch
     from torch import nn
 
@@ -39,13 +40,15 @@ def export_all(out: Path, opset: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for name, channels, side in SMALL_IMAGE + IMAGE_FILES:
         network = nn.Sequential(PixelNormalize([0.5] * channels, [0.25] * channels),
-                                build_network(name, channels, 10)).eval()
+                                build_network(name, channels, 10))
         images = torch.randint(0, 256, (BATCH, channels, side, side)).float()
         with torch.inference_mode():
-            logits = network(images).numpy()
+            # BatchNorm statistics from a few batches: with its initial ones a randomly initialised deep
+            # network (efficientnet_b0) gives the same logits for every image, and parity would prove little.
+            for _ in range(3):
+                network(torch.randint(0, 256, (16, channels, side, side)).float())
+            logits = network.eval()(images).numpy()
         stem = f"{name}_{channels}x{side}"
-        import onnx
-
         onnx.save(onnx_graph(network, channels, [side, side], opset), str(out / f"{stem}.onnx"))
         np.savez(out / f"{stem}.npz", images=images.numpy(), logits=logits)
         print(f"exported {stem}.onnx", flush=True)

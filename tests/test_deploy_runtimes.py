@@ -78,7 +78,8 @@ def test_too_old_runtime_says_what_to_do_and_never_calls_the_file_corrupt(digits
     for message, what in [(ORT_117_IR, "IR version 10"), (ORT_117_OPSET, "opset 21")]:
         error = str(too_old_runtime_error(message, "m.onnx"))
         assert what in error and "corrupt" not in error
-        assert "export.py --opset 18 --output m.onnx" in error and "onnxruntime 1.18 or newer" in error
+        assert "onnxruntime 1.18 or newer" in error and "export.py --output m.onnx` writes opset 20" in error
+        assert "--opset 18` reaches back to onnxruntime 1.14" in error
     assert too_old_runtime_error("InvalidProtobuf: Protobuf parsing failed.", "m.onnx") is None
     # The installed onnxruntime, given a file stamped newer than any release: the same clear error.
     model = onnx.load(str(digits_onnx))

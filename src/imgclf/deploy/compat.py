@@ -44,7 +44,8 @@ def too_old_runtime_error(message: str, model_path: Path | str) -> UserError | N
     return UserError(
         f"{model_path} is a valid model written for a newer ONNX Runtime than the installed "
         f"onnxruntime {ort.__version__}: the file has {what}. Either upgrade (onnxruntime {needed} or newer "
-        f"loads it: `pip install -U onnxruntime`), or export it again for older runtimes with "
-        f"`uv run python export.py --opset {OLDEST_OPSET} --output {model_path}` (IR version 8, loaded by "
-        f"onnxruntime {minimum_onnxruntime(OLDEST_OPSET)} and newer)."
+        f"loads it: `pip install -U onnxruntime`), or export it again for this runtime: `uv run python export.py "
+        f"--output {model_path}` writes opset {DEFAULT_OPSET} (onnxruntime {minimum_onnxruntime(DEFAULT_OPSET)} "
+        f"and newer), and adding `--opset {OLDEST_OPSET}` reaches back to onnxruntime "
+        f"{minimum_onnxruntime(OLDEST_OPSET)}."
     )
