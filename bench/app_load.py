@@ -12,6 +12,7 @@ import argparse
 import http.client
 import io
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -38,6 +39,13 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of the server so far: per request, it depends far less on the load from other
+    processes than wall-clock latency does."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def multipart(image: bytes) -> tuple[bytes, str]:
@@ -107,7 +115,9 @@ def main() -> None:
         load(port, body, content_type, 1, 50)  # warm-up: first requests allocate buffers
         results = {"rss_mib_at_start": at_start, "rss_mib_after_warmup": rss_mib(server.pid), "load": []}
         for clients in (1, 8):
+            cpu_before = cpu_seconds(server.pid)
             row = load(port, body, content_type, clients, args.requests)
+            row["server_cpu_ms_per_request"] = (cpu_seconds(server.pid) - cpu_before) * 1000 / row["requests"]
             row["rss_mib_after"] = rss_mib(server.pid)
             results["load"].append(row)
         results["loadavg"] = Path("/proc/loadavg").read_text().split()[:3]
@@ -116,10 +126,10 @@ def main() -> None:
         server.wait(timeout=30)
     print(f"server RSS at start {results['rss_mib_at_start']:.1f} MiB, after 50 warm-up requests "
           f"{results['rss_mib_after_warmup']:.1f} MiB")
-    print("clients  requests  req/s   p50 ms  p99 ms  RSS after (MiB)")
+    print("clients  requests  req/s   p50 ms  p99 ms  server CPU ms/request  RSS after (MiB)")
     for r in results["load"]:
         print(f"{r['clients']:>7}  {r['requests']:>8}  {r['requests_per_s']:6.1f}  {r['p50_ms']:6.2f}  "
-              f"{r['p99_ms']:6.2f}  {r['rss_mib_after']:.1f}")
+              f"{r['p99_ms']:6.2f}  {r['server_cpu_ms_per_request']:21.2f}  {r['rss_mib_after']:.1f}")
     print(f"load average at the end: {' '.join(results['loadavg'])}")
     print(json.dumps(results))
 

@@ -55,23 +55,23 @@ def test_export_stamps_opset_20_and_ir_version_9(digits_onnx):
 
 def test_other_runtimes_give_the_same_answers(digits_onnx, torch_logits):
     images, expected = torch_logits
-    results = runtime_parity(digits_onnx, images, expected)
-    for name in ("onnxruntime", "onnx_reference", "opencv_dnn"):
+    results = runtime_parity(digits_onnx, images, expected, ("onnx_reference", "opencv_dnn"))
+    for name in ("onnx_reference", "opencv_dnn"):
         assert results[name]["ok"], (name, results[name])
         assert results[name]["top1_agreement"] == 1.0 and results[name]["images"] == 64
-    broken = runtime_parity(digits_onnx, images, expected + 1.0, ("onnx_reference",))["onnx_reference"]
-    assert not broken["ok"] and broken["values_out_of_tolerance"] > 0  # the comparison can fail
+    shifted = expected.copy()
+    shifted[:, 0] += 1.0  # moves logits, and top-1 where class 0 was close to the best
+    broken = runtime_parity(digits_onnx, images, shifted, ("onnxruntime",))["onnxruntime"]
+    assert not broken["ok"] and broken["values_out_of_tolerance"] == 64  # the comparison can fail
 
 
-def test_export_at_the_oldest_opset_and_refuse_lower(digits_run, torch_logits, tmp_path):
+def test_export_at_the_oldest_opset_and_refuse_lower(digits_run):
     network = load_checkpoint(digits_run / "best.ckpt").model.network_module().eval()
     with pytest.raises(UserError, match="--opset 17 is outside"):
         onnx_graph(network, 1, [8, 8], 17)
     oldest = onnx_graph(network, 1, [8, 8], 18)  # for onnxruntime 1.14-1.16
     assert oldest.ir_version == 8 and {o.domain: o.version for o in oldest.opset_import}[""] == 18
-    onnx.save(oldest, str(tmp_path / "opset18.onnx"))
-    images, expected = torch_logits
-    assert runtime_parity(tmp_path / "opset18.onnx", images, expected, ("onnx_reference",))["onnx_reference"]["ok"]
+    onnx.checker.check_model(oldest, full_check=True)
 
 
 def test_too_old_runtime_says_what_to_do_and_never_calls_the_file_corrupt(digits_onnx, tmp_path):
@@ -128,8 +128,10 @@ def test_model_card_holds_the_numbers_of_its_run(digits_run, digits_onnx, tmp_pa
     with torch.inference_mode():
         logits = load_checkpoint(digits_run / "best.ckpt").model.network_module().eval()(test.images.float())
     accuracy = float((logits.argmax(1) == test.labels).float().mean())
-    assert accuracy == pytest.approx(json.loads((digits_run / "metrics.json").read_text())["test/acc"])
+    run_metrics = json.loads((digits_run / "metrics.json").read_text())
+    assert accuracy == pytest.approx(run_metrics["test/acc"])
     assert f"- accuracy: {accuracy:.4f}" in card
+    assert f"test/acc {run_metrics['test/acc']:.4f}" in card and f"test/loss {run_metrics['test/loss']:.4f}" in card
     ece = MulticlassCalibrationError(10, n_bins=15, norm="l1")(logits.softmax(1), test.labels)
     assert f"expected calibration error (L1, 15 bins, torchmetrics): {float(ece):.4f}" in card
     for digit in range(10):

@@ -30,6 +30,10 @@ MAX_IMAGE_BYTES = 10 * 1024 * 1024  # per file: a 12-megapixel JPEG fits; a 10 M
 MAX_IMAGES = 32  # per request
 MAX_REQUEST_BYTES = MAX_IMAGES * MAX_IMAGE_BYTES + 64 * 1024  # plus the form's own bytes
 PAGE = Path(__file__).with_name("static") / "index.html"
+# One ONNX Runtime thread per inference: requests already run in parallel (FastAPI's thread pool), and ONNX
+# Runtime's default per-core worker threads spin between runs: measured here, 17.4 ms of server CPU per
+# one-image request with them vs 5.6 ms with one thread, and p50 latency 38 ms vs 6 ms (bench/app_load.py).
+INFERENCE_THREADS = 1
 
 
 class BadUpload(Exception):
@@ -72,7 +76,7 @@ def read_uploads(images: list[UploadFile], folder: Path) -> tuple[list[Path], di
 def create_app(model_path: str | Path = "model.onnx") -> FastAPI:
     """The app for one model file; a missing or unreadable model raises UserError before anything serves."""
     model_path = Path(model_path)
-    predictor = Predictor(model_path)
+    predictor = Predictor(model_path, INFERENCE_THREADS)
     card = model_card(model_path, predictor)
     app = FastAPI(title="imgclf", summary=f"{predictor.metadata.network} on {predictor.metadata.dataset}")
 

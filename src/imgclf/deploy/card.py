@@ -103,7 +103,9 @@ def render_card(model_path: Path, metadata: ModelMetadata, report: dict, figures
         f"On the `{metadata.dataset}` test split, {report['test_images']} images, through ONNX Runtime:", "",
         f"- accuracy: {figures['accuracy']:.4f} (PyTorch: {report['torch_accuracy']:.4f})",
         f"- expected calibration error (L1, {CALIBRATION_BINS} bins, torchmetrics): "
-        f"{figures['expected_calibration_error']:.4f}", "",
+        f"{figures['expected_calibration_error']:.4f}",
+        "- the training run's own test metrics (its metrics.json, recorded at export): "
+        + (", ".join(f"{k} {v:.4f}" for k, v in metadata.test_metrics.items()) or "not recorded"), "",
         "| class | accuracy |", "|---|---|",
         *[f"| {name} | {acc:.4f} |" for name, acc in zip(metadata.class_names, figures["per_class_accuracy"],
                                                         strict=True)],

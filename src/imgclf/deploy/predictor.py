@@ -27,7 +27,16 @@ from imgclf.errors import UserError
 BATCH = 64
 
 
-def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMetadata]:
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """ONNX Runtime's defaults, or exactly `threads` CPU threads per run (None: one per core)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+    return options
+
+
+def open_session(model_path: str | Path,
+                 threads: int | None = None) -> tuple[ort.InferenceSession, ModelMetadata]:
     """An ONNX Runtime CPU session for the file and its metadata, with clear errors for bad files."""
     model_path = Path(model_path)
     if not model_path.is_file():
@@ -35,7 +44,8 @@ def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMet
                         f"pull model.onnx.dvc`, or export one with `uv run python export.py --output "
                         f"{model_path}`, or pass --model.")
     try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model_path), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
         if too_old := too_old_runtime_error(str(e), model_path):  # the file is fine, the runtime is not
             raise too_old from e
@@ -101,8 +111,8 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model_path: str | Path) -> None:
-        self.session, self.metadata = open_session(model_path)
+    def __init__(self, model_path: str | Path, threads: int | None = None) -> None:
+        self.session, self.metadata = open_session(model_path, threads)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """float32 [N, C, H, W] raw pixels -> [N, num_classes] probabilities."""
