@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import runpy
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -134,24 +133,18 @@ def chromium() -> tuple[str, str] | None:
     return (browser, driver) if browser and driver else None
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(digits_onnx):
-    """The app on a real uvicorn server on a free port, in a thread of this process."""
+    """The app on a real uvicorn server on a port the system picks, in a thread of this process."""
     import uvicorn
 
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(digits_onnx), host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(create_app(digits_onnx), host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
