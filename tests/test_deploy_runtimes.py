@@ -98,10 +98,19 @@ def test_storage_errors_leave_no_truncated_model(digits_onnx, tmp_path, monkeypa
     model = onnx.load(str(digits_onnx))
 
     def save_half_then_fail(proto, path):
-        Path(path).write_bytes(proto.SerializeToString()[:1000])
+        if code == errno.ENOSPC:  # a full disk takes part of the file; a read-only one refuses to open it
+            Path(path).write_bytes(proto.SerializeToString()[:1000])
         raise OSError(code, "simulated")
 
+    real_unlink = Path.unlink
+
+    def unlink(path, missing_ok=False):
+        if code == errno.EROFS and path.parent == tmp_path:  # as Linux does, even for a file that is absent
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_unlink(path, missing_ok=missing_ok)
+
     monkeypatch.setattr(export_module.onnx, "save", save_half_then_fail)
+    monkeypatch.setattr(Path, "unlink", unlink)
     with pytest.raises(UserError, match=words) as error:
         save_checked(model, output)
     assert str(output) in str(error.value) and "\n" not in str(error.value)
