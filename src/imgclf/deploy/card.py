@@ -53,7 +53,7 @@ def card_fields(ckpt: Checkpoint, dataset: str, root: Path | None = None) -> dic
             "training_config": config.read_text() if config.is_file() else ""}
 
 
-def test_figures(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
+def evaluation_figures(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
     """Per-class accuracy, expected calibration error (L1, 15 bins) and the confusion matrix (torchmetrics)."""
     preds, target = torch.from_numpy(logits).float().softmax(1), torch.from_numpy(labels).long()
     per_class = MulticlassAccuracy(num_classes, average=None)(preds, target)
