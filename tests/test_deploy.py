@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import subprocess
 import sys
@@ -17,8 +16,8 @@ import torch
 from image_files import write_colour_folder
 from onnx import numpy_helper
 from PIL import Image
+from trained import train
 
-from imgclf.cli import RUN_DIR_ENV, main
 from imgclf.data import transforms
 from imgclf.data.catalog import DATASETS, DEBIAN_FASHION_MNIST
 from imgclf.data.readers import read_digits, read_fashion_mnist
@@ -30,19 +29,6 @@ from imgclf.deploy.verify import verify
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def train(runs_dir: Path, *args: str) -> Path:
-    """One tiny training run through the real CLI; returns its run folder."""
-    os.environ.pop(RUN_DIR_ENV, None)  # main() records its run folder here for DDP ranks: start afresh
-    saved, sys.argv = sys.argv, ["main.py"]  # LightningCLI warns when pytest's own arguments are present
-    try:
-        return main([*QUICK, *args, "--runs_dir", str(runs_dir)],
-                    default_config=REPO / "configs" / "default.yaml")
-    finally:
-        os.environ.pop(RUN_DIR_ENV, None)
-        sys.argv = saved
 
 
 def run_script(script: str, *args: str) -> int | str | None:
@@ -56,18 +42,6 @@ def run_script(script: str, *args: str) -> int | str | None:
     finally:
         sys.argv = saved
     return 0
-
-
-@pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> Path:
-    return train(tmp_path_factory.mktemp("runs"), "--trainer.max_epochs", "2")
-
-
-@pytest.fixture(scope="session")
-def digits_onnx(digits_run, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export(digits_run / "best.ckpt", output)
-    return output
 
 
 @pytest.fixture(scope="session")

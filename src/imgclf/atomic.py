@@ -12,7 +12,7 @@ import errno
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from imgclf.errors import UserError
@@ -37,6 +37,13 @@ def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _discard(temporary: Path) -> None:
+    # A read-only filesystem refuses even to remove a file that was never created (EROFS, not ENOENT):
+    # that refusal must not replace the error being reported.
+    with suppress(OSError):
+        temporary.unlink(missing_ok=True)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -58,12 +65,12 @@ def atomic_path(path: Path | str, what: str = "file") -> Iterator[Path]:
         _fsync(temporary)
         os.replace(temporary, final)
     except OSError as e:
-        temporary.unlink(missing_ok=True)
+        _discard(temporary)
         if e.errno in _STORAGE_HINTS or isinstance(e, (FileNotFoundError, NotADirectoryError)):
             raise storage_error(e, final, what) from e
         raise
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _discard(temporary)
         raise
 
 

@@ -19,6 +19,7 @@ import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
 from imgclf.data.decode import IMAGE_SUFFIXES, decode_image, images_in
+from imgclf.deploy.compat import too_old_runtime_error
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
 from imgclf.errors import UserError
 
@@ -27,15 +28,28 @@ from imgclf.errors import UserError
 BATCH = 64
 
 
-def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMetadata]:
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """ONNX Runtime's defaults, or exactly `threads` CPU threads per run (None: one per core)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+    return options
+
+
+def open_session(model_path: str | Path,
+                 threads: int | None = None) -> tuple[ort.InferenceSession, ModelMetadata]:
     """An ONNX Runtime CPU session for the file and its metadata, with clear errors for bad files."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise UserError(f"Model file {model_path} does not exist. Export one with `uv run python export.py "
-                        f"--output {model_path}` (or `dvc pull` it), or pass --model.")
+        raise UserError(f"Model file {model_path} does not exist. Fetch the released model with `uv run dvc "
+                        f"pull model.onnx.dvc`, or export one with `uv run python export.py --output "
+                        f"{model_path}`, or pass --model.")
     try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model_path), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+        if too_old := too_old_runtime_error(str(e), model_path):  # the file is fine, the runtime is not
+            raise too_old from e
         raise UserError(f"ONNX Runtime cannot load {model_path} ({type(e).__name__}: {str(e)[:300]}). "
                         f"The file is corrupt or not an ONNX model; export it again with export.py.") from e
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(model_path))
@@ -97,8 +111,8 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model_path: str | Path) -> None:
-        self.session, self.metadata = open_session(model_path)
+    def __init__(self, model_path: str | Path, threads: int | None = None) -> None:
+        self.session, self.metadata = open_session(model_path, threads)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """float32 [N, C, H, W] raw pixels -> [N, num_classes] probabilities."""
