@@ -227,7 +227,7 @@ def test_verify_runs_on_image_file_test_splits(folder_model, tmp_path):
         code = run_script("verify_onnx.py", "--model", str(model), "--report", str(tmp_path / "r.json"))
     finally:
         broken.write_bytes(original)  # the folder is shared by the session's other tests
-    assert code.startswith("error: Cannot read image") and "green/1.jpg" in code
+    assert code.startswith("error: 1 image file(s) cannot be read") and "green/1.jpg" in code
 
 
 def test_predictor_preprocesses_image_files_as_evaluation_does(folder_model, tmp_path):
