@@ -87,14 +87,40 @@ def check_resumable(path: str | Path, model: torch.nn.Module, dataset: str) -> d
     return raw
 
 
+class _WriteErrorRecorder:
+    """A file that remembers the OSError of a failed write: torch's zip writer reports one (a full disk) only
+    as "RuntimeError: unexpected pos", which loses the reason."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's torch.save checkpointing, written beside the final name and renamed into place.
 
     Lightning's own writer goes through an fsspec transaction that, on a local disk, moves a file from the
     system's temporary folder (a copy across filesystems, not a rename): a SIGKILL or a full disk can then leave
-    a truncated best.ckpt or last.ckpt. Here the old file stays whole until the new one is.
+    a truncated best.ckpt or last.ckpt. Here the old file stays whole until the new one is, and a full disk
+    is reported as such (one UserError from imgclf.atomic).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        with atomic_path(path, "checkpoint") as temporary:
-            torch.save(checkpoint, temporary)
+        with atomic_path(path, "checkpoint") as temporary, open(temporary, "wb") as file:
+            recorder = _WriteErrorRecorder(file)
+            try:
+                torch.save(checkpoint, recorder)
+            except RuntimeError:
+                if recorder.error is not None:
+                    raise recorder.error from None
+                raise
