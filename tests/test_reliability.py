@@ -74,7 +74,7 @@ def test_interrupt_then_resume_and_extend_into_a_new_folder(tmp_path):
     before = file_hashes(old)
 
     command = shlex.split(re.search(r"^  (uv run python main\.py .*)$", stderr, re.M).group(1))
-    assert command[3:] == ["--config", str(old / "config.yaml"), "--ckpt_path", str(old / "last.ckpt")]
+    assert command[4:] == ["--config", str(old / "config.yaml"), "--ckpt_path", str(old / "last.ckpt")]
     resumed = subprocess.run([sys.executable, str(REPO / "main.py"), *command[4:], "--trainer.max_epochs", "6"],
                              cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -85,9 +85,13 @@ class RunArtifacts(L.Callback):
         self.fit_seconds: float | None = None
         self._fit_start = 0.0
         self._latest_moved = False
+        self.training_started = False  # False: the run was refused during setup and its folder holds no work
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.training_started = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.is_global_zero and not self._latest_moved:  # a run that trained: not a refused or empty one

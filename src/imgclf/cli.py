@@ -26,6 +26,7 @@ from imgclf.model import ImageClassifier
 from imgclf.run_folder import (
     RUN_DIR_ENV,
     AtomicSaveConfig,
+    discard_untrained,
     loggers_into,
     new_run_dir,
     remove_if_empty,
@@ -130,7 +131,7 @@ def main(args: list[str] | None = None, default_config: Path | None = None) -> P
         return fit_and_test(args, default_config)
     except BaseException as e:
         if rank_zero_only.rank == 0 and os.environ.get(RUN_DIR_ENV):
-            remove_if_empty(Path(os.environ[RUN_DIR_ENV]))  # a refused run leaves no folder
+            remove_if_empty(Path(os.environ[RUN_DIR_ENV]))  # refused while building the model, data or trainer
         if isinstance(e, OSError) and is_storage_failure(e):  # a logger's or a library's own write
             raise storage_error(e, e.filename or os.environ.get(RUN_DIR_ENV, "the run folder")) from e
         raise
@@ -147,9 +148,8 @@ def interrupt_message(cli: ImageClassificationCLI) -> str:
                 f"to resume; the test was skipped. Start it again with:\n"
                 f"  uv run python main.py --config {run_dir / 'config.yaml'}")
     return (f"Training was stopped by {signal_name} after {cli.trainer.current_epoch} completed epochs; the test "
-            f"was skipped. "
-            f"{run_dir} keeps the logs and last.ckpt, the end of the last completed epoch (the unfinished epoch "
-            f"is trained again). Resume into a new run folder with:\n"
+            f"was skipped. {run_dir} keeps the logs and last.ckpt, the end of the last completed epoch (the "
+            f"unfinished epoch is trained again). Resume into a new run folder with:\n"
             f"  {resume_command(run_dir, cli.config.run_name)}")
 
 
@@ -164,6 +164,15 @@ def fit_and_test(args: list[str] | None, default_config: Path | None) -> Path:
         save_config_kwargs={"config_filename": "config.yaml"},
         parser_kwargs={"default_config_files": [str(default_config)] if default_config else []},
     )
+    try:
+        return fit_then_test(cli)
+    except BaseException:
+        if rank_zero_only.rank == 0 and not cli.artifacts.training_started:
+            discard_untrained(cli.run_dir)  # a refused run leaves no folder
+        raise
+
+
+def fit_then_test(cli: ImageClassificationCLI) -> Path:
     ckpt_path = cli.config.ckpt_path
     if ckpt_path:
         resumed = check_resumable(ckpt_path, cli.model, cli.datamodule.hparams.dataset)

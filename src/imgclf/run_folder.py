@@ -5,6 +5,7 @@ run writes (config, logs, checkpoints), and runs/latest pointing at the newest r
 from __future__ import annotations
 
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 
@@ -91,6 +92,12 @@ def remove_if_empty(run_dir: Path) -> None:
         pass
 
 
+def discard_untrained(run_dir: Path) -> None:
+    """Remove the folder of a run refused before its first training step (bad data, a checkpoint of another
+    run): it holds only what setting up wrote (config.yaml, empty logs), and no run's work."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
 def point_latest_at(run_dir: Path) -> None:
     latest = run_dir.parent / "latest"
     tmp = run_dir.parent / f".latest-{os.getpid()}"
@@ -134,7 +141,7 @@ class AtomicSaveConfig(SaveConfigCallback):
         if self.already_saved or not trainer.is_global_zero:
             return
         run_dir = Path(self.config.trainer.default_root_dir)
-        write_text(run_dir / self.config_filename, self.parser.dump(self.config, skip_none=False), "run config")
+        write_text(run_dir / self.config_filename, self.parser.dump(self.config, skip_unset=False), "run config")
         self.already_saved = True
 
 
