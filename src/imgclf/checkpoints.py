@@ -46,6 +46,10 @@ def check_finite_weights(raw: dict, path: str | Path) -> None:
                         f"run's best.ckpt.")
 
 
+def _as_list(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value  # a YAML round trip turns tuples into lists
+
+
 def _described(hparams: dict, dataset: object) -> str:
     size = "x".join(str(s) for s in hparams.get("image_size") or [])
     return (f"dataset {dataset!r}, network {hparams.get('network')!r}, {hparams.get('num_classes')} classes "
@@ -63,9 +67,7 @@ def check_resumable(path: str | Path, model: torch.nn.Module, dataset: str) -> d
     saved = dict(raw.get("hyper_parameters") or {})
     saved_dataset = (raw.get("datamodule_hyper_parameters") or {}).get("dataset", dataset)
     current = {key: model.hparams.get(key) for key in RESUME_MUST_MATCH}
-    comparable = {key: list(v) if isinstance(v, tuple) else v for key, v in current.items()}
-    saved_comparable = {key: list(v) if isinstance(v, tuple) else v for key, v in saved.items()}
-    differs = [key for key in RESUME_MUST_MATCH if key in saved and saved_comparable[key] != comparable[key]]
+    differs = [key for key in RESUME_MUST_MATCH if key in saved and _as_list(saved[key]) != _as_list(current[key])]
     if differs or saved_dataset != dataset:
         raise UserError(
             f"Checkpoint {path} belongs to another run: it was trained on {_described(saved, saved_dataset)}, "

@@ -44,15 +44,18 @@ class RunInterrupted(UserError):
     """SIGINT (Ctrl-C) or SIGTERM stopped training; the message says how to resume."""
 
 
+def _no_litlogger_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(LITLOGGER_TIP)
+
+
 def quiet_lightning() -> None:
     """Silence notices a plain run would print although nothing is wrong, each matched narrowly.
 
     Lightning advertises its cloud logger at every start, and its own loader code builds a torch pytree spec
-    that torch 2.10+ deprecates (nothing of ours calls it). Both come from inside Lightning, so they are
+    that torch 2.15 deprecates (nothing of ours calls it). Both come from inside Lightning, so they are
     filtered rather than fixed.
     """
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith(LITLOGGER_TIP))
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_litlogger_tip)  # kept once per process
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
                             r"lightning\.pytorch\.utilities\._pytree")
 
