@@ -20,7 +20,8 @@ class DivergenceGuard(L.Callback):
 
     On an accelerator the flag stays on the device and is read every `check_every_n_steps` steps and before
     each validation (hence before each checkpoint), so the host waits on the device no more often than the
-    logger does. On the CPU reading it costs nothing and happens every step.
+    logger does (with several processes, the check is also a collective: any rank's divergence stops all).
+    In a single CPU process reading it costs nothing and happens every step.
     """
 
     def __init__(self, check_every_n_steps: int = 50) -> None:
@@ -43,7 +44,8 @@ class DivergenceGuard(L.Callback):
         step = trainer.global_step - 1  # the optimizer step this loss was computed for has been taken
         bad_here = ~torch.isfinite(loss.detach())
         self._first_bad_step = torch.where(bad_here & (self._first_bad_step < 0), step, self._first_bad_step)
-        if pl_module.device.type == "cpu" or trainer.global_step % self.check_every_n_steps == 0:
+        free_to_read = pl_module.device.type == "cpu" and trainer.world_size == 1  # no device wait, no collective
+        if free_to_read or trainer.global_step % self.check_every_n_steps == 0:
             self.check(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
