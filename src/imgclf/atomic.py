@@ -26,6 +26,11 @@ _STORAGE_HINTS = {
 }
 
 
+def is_storage_failure(error: OSError) -> bool:
+    """Whether an OSError is the storage's fault (full, read-only, no permission), not the program's."""
+    return error.errno in _STORAGE_HINTS
+
+
 def storage_error(error: OSError, path: Path | str, what: str = "file") -> UserError:
     """A one-paragraph UserError for an OSError met while writing `path`."""
     hint = _STORAGE_HINTS.get(error.errno, "check that the folder exists and is writable")
