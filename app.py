@@ -5,9 +5,8 @@
 """
 
 import argparse
-import sys
 
-from imgclf.errors import UserError
+from imgclf.errors import exit_on_user_error
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -15,9 +14,7 @@ if __name__ == "__main__":
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
-    try:
+    with exit_on_user_error():
         from imgclf.deploy.app import serve
 
         serve(args.model, args.host, args.port)
-    except UserError as e:
-        sys.exit(f"error: {e}")

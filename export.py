@@ -6,10 +6,9 @@
 """
 
 import argparse
-import sys
 
 from imgclf.deploy.compat import DEFAULT_OPSET
-from imgclf.errors import UserError
+from imgclf.errors import exit_on_user_error
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
@@ -21,9 +20,7 @@ if __name__ == "__main__":
                         "OpenCV 5's DNN module and onnx's reference evaluator; 18, IR version 8: onnxruntime 1.14 "
                         "and newer; higher opsets need newer runtimes)")
     args = parser.parse_args()
-    try:
+    with exit_on_user_error():
         from imgclf.deploy.export import export
 
         export(args.ckpt, args.output, args.opset)
-    except UserError as e:
-        sys.exit(f"error: {e}")

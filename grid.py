@@ -1,7 +1,7 @@
 """Run the seed study's three experiments (lr 0.001/bs 64, lr 0.01/bs 64, lr 0.001/bs 128) and tabulate them.
 
-    uv run python grid.py                                         # on digits (configs/default.yaml)
-    uv run python grid.py --config configs/fashion_mnist.yaml --trainer.max_epochs 3
+    uv run python -m imgclf.train.grid                                         # on digits (configs/default.yaml)
+    uv run python -m imgclf.train.grid --config configs/fashion_mnist.yaml --trainer.max_epochs 3
 
 Any main.py argument passes through; results land in runs/grid-<time>/results.{md,csv}.
 """
@@ -9,11 +9,9 @@ Any main.py argument passes through; results land in runs/grid-<time>/results.{m
 import sys
 from pathlib import Path
 
-from imgclf.errors import UserError
-from imgclf.grid import run_grid
+from imgclf.errors import exit_on_user_error
+from imgclf.train.grid import run_grid
 
 if __name__ == "__main__":
-    try:
+    with exit_on_user_error():
         run_grid(Path(__file__).parent / "main.py", sys.argv[1:])
-    except UserError as e:
-        sys.exit(f"error: {e}")

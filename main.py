@@ -5,14 +5,11 @@
     uv run python main.py --print_config                    # the full resolved config
 """
 
-import sys
 from pathlib import Path
 
-from imgclf.cli import main
-from imgclf.errors import UserError
+from imgclf.errors import exit_on_user_error
+from imgclf.train.run import main
 
 if __name__ == "__main__":
-    try:
+    with exit_on_user_error():
         main(default_config=Path(__file__).parent / "configs" / "default.yaml")
-    except UserError as e:
-        sys.exit(f"error: {e}")

@@ -1,15 +1,14 @@
 """Classify image files (PNG/JPEG, any size, grayscale or RGB) with model.onnx; a folder stands for every
 image in it (any depth). Needs no torch: only onnxruntime, numpy and Pillow.
 
-    uv run python predict.py photo1.jpg photo2.png --top-k 3
-    uv run python predict.py holiday_photos/
+    uv run python -m imgclf.deploy.predictor photo1.jpg photo2.png --top-k 3
+    uv run python -m imgclf.deploy.predictor holiday_photos/
 """
 
 import argparse
-import sys
 
 from imgclf.deploy.predictor import predict
-from imgclf.errors import UserError
+from imgclf.errors import exit_on_user_error
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
@@ -18,7 +17,5 @@ if __name__ == "__main__":
     parser.add_argument("--model", default="model.onnx", help="ONNX file written by export.py")
     parser.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
     args = parser.parse_args()
-    try:
+    with exit_on_user_error():
         predict(args.images, args.model, args.top_k)
-    except UserError as e:
-        sys.exit(f"error: {e}")

@@ -7,7 +7,7 @@
 import argparse
 import sys
 
-from imgclf.errors import UserError
+from imgclf.errors import exit_on_user_error
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
@@ -21,10 +21,8 @@ if __name__ == "__main__":
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for the latency table, the same "
                         "for PyTorch and ONNX Runtime (default 1: stable on a shared machine)")
     args = parser.parse_args()
-    try:
+    with exit_on_user_error():
         from imgclf.deploy.verify import verify
 
         report = verify(args.model, args.ckpt, args.report, quantize=args.quantize, threads=args.threads)
-    except UserError as e:
-        sys.exit(f"error: {e}")
     sys.exit(0 if report["passed"] else 1)

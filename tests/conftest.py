@@ -99,3 +99,22 @@ def run_script(script: str, *args: str, cwd: Path = REPO, timeout: float = 900, 
 
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def run_in_process(command: str, *args: str) -> int | str | None:
+    """Run a top-level script (`export.py`) or a tool module (`imgclf.deploy.predictor`) as `__main__` in
+    this process (no second torch import); returns its exit code, or the message it exited with."""
+    import runpy
+
+    saved = sys.argv
+    sys.argv = [command, *args]
+    try:
+        if command.endswith(".py"):
+            runpy.run_path(str(REPO / command), run_name="__main__")
+        else:
+            runpy.run_module(command, run_name="__main__", alter_sys=True)
+    except SystemExit as e:
+        return e.code
+    finally:
+        sys.argv = saved
+    return 0

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -20,8 +21,6 @@ from imgclf.deploy import app as app_module
 from imgclf.deploy.app import create_app
 from imgclf.deploy.predictor import Predictor
 from imgclf.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +47,7 @@ def test_predict_classifies_test_images_as_predict_py_does(client, digits_onnx, 
     response = client.post("/predict", files=upload(digit_pngs), data={"top_k": "3"})
     assert response.status_code == 200, response.text
     predictions = response.json()["predictions"]
-    expected = Predictor(digits_onnx).predict([str(p) for p in digit_pngs], 3)  # predict.py's own path
+    expected = Predictor(digits_onnx).predict([str(p) for p in digit_pngs], 3)  # the predictor command's own path
     assert [p["filename"] for p in predictions] == [p.name for p in digit_pngs]
     for got, want in zip(predictions, expected, strict=True):
         assert [c["class"] for c in got["top_k"]] == [name for name, _ in want.top_k]

@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from imgclf.averaging import EMAWeightAveraging
+from imgclf.model.averaging import EMAWeightAveraging
 
 
 class Recorder(L.Callback):

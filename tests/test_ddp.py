@@ -20,17 +20,17 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from conftest import REPO
 from lightning.pytorch.strategies import DDPStrategy
 
-from imgclf import cli
 from imgclf.data import ImageDataModule
 from imgclf.data.loaders import InMemoryBatches, shard_bounds
 from imgclf.data.readers import ImageArrays
-from imgclf.distributed import check_trainer, launcher_job_id, per_device_batch_size, with_timeout
 from imgclf.errors import UserError
-from imgclf.model import ImageClassifier
+from imgclf.model.classifier import ImageClassifier
+from imgclf.train.distributed import check_trainer, launcher_job_id, per_device_batch_size, with_timeout
+from imgclf.train.run import RUN_DIR_ENV, new_run_dir
 
-ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
 TINY = ["--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false",
@@ -109,16 +109,16 @@ def test_launcher_job_id_names_torchrun_and_srun_jobs() -> None:
 
 
 def test_run_dir_is_inherited_or_named_after_the_job(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setenv(cli.RUN_DIR_ENV, str(tmp_path / "given"))  # inherited from the launching rank
-    assert cli.new_run_dir(tmp_path, "digits", "small_cnn") == tmp_path / "given"
-    monkeypatch.delenv(cli.RUN_DIR_ENV)
+    monkeypatch.setenv(RUN_DIR_ENV, str(tmp_path / "given"))  # inherited from the launching rank
+    assert new_run_dir(tmp_path, "digits", "small_cnn") == tmp_path / "given"
+    monkeypatch.delenv(RUN_DIR_ENV)
     monkeypatch.setenv("TORCHELASTIC_RUN_ID", "r1")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    run_dir = cli.new_run_dir(tmp_path, "digits", "small_cnn")
+    run_dir = new_run_dir(tmp_path, "digits", "small_cnn")
     assert run_dir == tmp_path / "torchrun-r1-digits-small_cnn"
-    monkeypatch.delenv(cli.RUN_DIR_ENV)  # a job that reused the id of an earlier one (rank 0 made the folder)
+    monkeypatch.delenv(RUN_DIR_ENV)  # a job that reused the id of an earlier one (rank 0 made the folder)
     with pytest.raises(UserError, match="already exists"):
-        cli.new_run_dir(tmp_path, "digits", "small_cnn")
+        new_run_dir(tmp_path, "digits", "small_cnn")
 
 
 def test_named_strategies_get_the_timeout() -> None:
@@ -156,10 +156,10 @@ def run_main(args: list[str], log: Path, timeout: float = 600) -> tuple[int, flo
     """Run main.py (or a launcher around it) in its own process group; returns (exit code, seconds)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
            "PYTHONUNBUFFERED": "1"}
-    env.pop(cli.RUN_DIR_ENV, None)
+    env.pop(RUN_DIR_ENV, None)
     start = time.monotonic()
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=out,
+        proc = subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = proc.wait(timeout=timeout)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from imgclf.data.decode import check_image, decode_image
@@ -17,7 +18,6 @@ from imgclf.deploy.metadata import ModelMetadata
 from imgclf.deploy.predictor import image_paths, load_image
 from imgclf.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 ROTATED_90 = 6  # EXIF orientation: the stored pixels must be turned 90 degrees clockwise for display
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import REPO, run_in_process
 from image_files import write_colour_folder
 from onnx import numpy_helper
 from PIL import Image
@@ -28,20 +28,6 @@ from imgclf.deploy.predictor import Predictor, load_image
 from imgclf.deploy.verify import verify
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_script(script: str, *args: str) -> int | str | None:
-    """Run a top-level script in this process (no second torch import); returns its exit code."""
-    saved = sys.argv
-    sys.argv = [script, *args]
-    try:
-        runpy.run_path(str(REPO / script), run_name="__main__")
-    except SystemExit as e:
-        return e.code
-    finally:
-        sys.argv = saved
-    return 0
 
 
 @pytest.fixture(scope="session")
@@ -92,7 +78,7 @@ def test_tampered_model_fails_verification(digits_onnx, tmp_path):
     tampered = tmp_path / "tampered.onnx"
     onnx.save(model, str(tampered))
     report = tmp_path / "report.json"
-    code = run_script("verify_onnx.py", "--model", str(tampered), "--report", str(report))
+    code = run_in_process("verify_onnx.py", "--model", str(tampered), "--report", str(report))
     assert code == 1
     result = json.loads(report.read_text())
     assert not result["passed"]
@@ -112,16 +98,16 @@ def test_dynamic_batch_axis_gives_the_same_logits_as_single_images(digits_onnx):
 
 def test_export_refuses_bad_checkpoints(digits_run, tmp_path):
     output = tmp_path / "model.onnx"
-    code = run_script("export.py", "--ckpt", str(tmp_path / "missing.ckpt"), "--output", str(output))
+    code = run_in_process("export.py", "--ckpt", str(tmp_path / "missing.ckpt"), "--output", str(output))
     assert "does not exist" in code and code.startswith("error: ")
     corrupt = tmp_path / "corrupt.ckpt"
     corrupt.write_bytes(b"not a checkpoint")
-    code = run_script("export.py", "--ckpt", str(corrupt), "--output", str(output))
+    code = run_in_process("export.py", "--ckpt", str(corrupt), "--output", str(output))
     assert "corrupt" in code
     other = torch.load(digits_run / "best.ckpt", map_location="cpu", weights_only=False)
     other["hyper_parameters"]["network"] = "resnet18"  # its weights are small_cnn's
     torch.save(other, tmp_path / "other.ckpt")
-    code = run_script("export.py", "--ckpt", str(tmp_path / "other.ckpt"), "--output", str(output))
+    code = run_in_process("export.py", "--ckpt", str(tmp_path / "other.ckpt"), "--output", str(output))
     assert "do not fit the network" in code and "resnet18" in code
     assert not output.exists()
 
@@ -136,12 +122,12 @@ def test_verify_and_predict_refuse_bad_model_files(digits_onnx, tmp_path):
     onnx.save(stripped, str(tmp_path / "stripped.onnx"))
     for model, message in [(tmp_path / "missing.onnx", "does not exist"), (corrupt, "corrupt"),
                            (tmp_path / "stripped.onnx", "not written by export.py")]:
-        assert message in run_script("predict.py", str(image), "--model", str(model))
+        assert message in run_in_process("imgclf.deploy.predictor", str(image), "--model", str(model))
         report = str(tmp_path / "r.json")
-        assert message in run_script("verify_onnx.py", "--model", str(model), "--report", report)
+        assert message in run_in_process("verify_onnx.py", "--model", str(model), "--report", report)
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("hello")
-    code = run_script("predict.py", str(image), str(not_an_image), "--model", str(digits_onnx))
+    code = run_in_process("imgclf.deploy.predictor", str(image), str(not_an_image), "--model", str(digits_onnx))
     assert "notes.png is not an image" in code
 
 
@@ -175,9 +161,9 @@ def test_predict_classifies_fashion_mnist_pngs_like_pytorch_without_torch(fashio
         expected = load_checkpoint(ckpt).model(images).argmax(1).tolist()
     assert len(set(expected)) >= 2, "the tiny model predicts one class only: the comparison would be weak"
 
-    argv = ["predict.py", str(tmp_path / "folder"), str(rgb_big), "--model", str(model), "--top-k", "3"]
+    argv = ["imgclf.deploy.predictor", str(tmp_path / "folder"), str(rgb_big), "--model", str(model), "--top-k", "3"]
     block_torch = ("import runpy, sys; sys.modules['torch'] = None; "  # any `import torch` now raises
-                   f"sys.argv = {argv!r}; runpy.run_path('predict.py', run_name='__main__')")
+                   f"sys.argv = {argv!r}; runpy.run_module(sys.argv[0], run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", block_torch], cwd=REPO, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
@@ -192,7 +178,7 @@ def test_predict_classifies_fashion_mnist_pngs_like_pytorch_without_torch(fashio
 
 
 def test_verify_refuses_a_checkpoint_of_another_model(digits_onnx, fashion_model, tmp_path):
-    code = run_script("verify_onnx.py", "--model", str(digits_onnx), "--ckpt", str(fashion_model[0]),
+    code = run_in_process("verify_onnx.py", "--model", str(digits_onnx), "--ckpt", str(fashion_model[0]),
                       "--report", str(tmp_path / "r.json"))
     assert "was not exported from" in code
 
@@ -224,7 +210,7 @@ def test_verify_runs_on_image_file_test_splits(folder_model, tmp_path):
     original = broken.read_bytes()
     broken.write_bytes(b"not a jpeg")  # as at test time: named, no traceback
     try:
-        code = run_script("verify_onnx.py", "--model", str(model), "--report", str(tmp_path / "r.json"))
+        code = run_in_process("verify_onnx.py", "--model", str(model), "--report", str(tmp_path / "r.json"))
     finally:
         broken.write_bytes(original)  # the folder is shared by the session's other tests
     assert code.startswith("error: 1 image file(s) cannot be read") and "green/1.jpg" in code

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import REPO
 from torchmetrics.classification import MulticlassCalibrationError
 
 from imgclf.data.readers import read_digits
@@ -26,7 +27,6 @@ from imgclf.deploy.runtimes import runtime_parity
 from imgclf.deploy.verify import verify
 from imgclf.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 # onnxruntime 1.17.3's own words for a file newer than it (seen in a venv with onnxruntime==1.17.3).
 ORT_117_IR = ("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/"
               "graph/model.cc:179 onnxruntime::Model::Model(...) Unsupported model IR version: 10, max supported "

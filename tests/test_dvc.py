@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import REPO
 
 from imgclf.data.catalog import DEBIAN_FASHION_MNIST
 from imgclf.errors import UserError
 from imgclf.storage import local_s3
 
-REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's dvc, and the `python` that dvc.yaml's commands call
 PUBLISHED = ["data/fashion_mnist.dvc", "model.onnx.dvc"]
 CONFIG = "configs/fashion_mnist.yaml"

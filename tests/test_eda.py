@@ -16,17 +16,17 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from conftest import REPO
 from image_files import write_stanford_cars  # noqa: E402
 from nbclient import NotebookClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imgclf import eda  # noqa: E402
-from imgclf.artifacts import save_confusion_matrix  # noqa: E402
 from imgclf.data import ImageArrays, ImageDataModule  # noqa: E402
 from imgclf.data.files import ImageFile, ImageFileDataset  # noqa: E402
 from imgclf.data.transforms import eval_view, load_base  # noqa: E402
+from imgclf.train.artifacts import save_confusion_matrix  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "EDA.ipynb"
 CONFIGS = {"digits": "configs/default.yaml", "fashion_mnist": "configs/fashion_mnist.yaml"}
 FILE_DATASETS = ("stanford_cars", "folder")

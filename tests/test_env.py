@@ -7,18 +7,15 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 
 from imgclf.data import readers
 from imgclf.env import arch, checks, probe
 from imgclf.env.data import dataset_checks, dvc_remote_check
 from imgclf.env.report import ChildResult, exit_code, finish, start_python
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 # --- which torch build runs on which GPU -----------------------------------------------------------------
 
@@ -170,8 +167,8 @@ def test_datasets_present_or_missing(tmp_path):
     ("['remote \"storage\"']\n    url = s3://bucket/imgclf\n", "WARN", "dvc remote default storage"),
     ("[core]\n    remote = storage\n['remote \"storage\"']\n    url = s3://bucket/imgclf\n", "PASS",
      "storage -> s3://bucket/imgclf"),
-    ((ROOT / ".dvc" / "config").read_text(), "WARN", "dvc remote modify storage url s3://<your-bucket>"),
-    ((ROOT / ".dvc" / "config").read_text() + "    endpointurl = http://127.0.0.1:8333\n", "PASS",
+    ((REPO / ".dvc" / "config").read_text(), "WARN", "dvc remote modify storage url s3://<your-bucket>"),
+    ((REPO / ".dvc" / "config").read_text() + "    endpointurl = http://127.0.0.1:8333\n", "PASS",
      "storage -> s3://imgclf-dvc-example/imgclf at http://127.0.0.1:8333"),  # the local S3 server
 ])
 def test_dvc_remote(tmp_path, monkeypatch, config, status, expected):
@@ -188,7 +185,7 @@ def test_dvc_remote(tmp_path, monkeypatch, config, status, expected):
 # --- the script, as a user runs it -------------------------------------------------------------------------
 
 def run_check_env(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "check_env.py"), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, str(REPO / "check_env.py"), *args], capture_output=True, text=True,
                           timeout=300, env={**os.environ, **env})
 
 

@@ -11,14 +11,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 
-from imgclf.augment import AugmentPolicy, crop_at, random_flip, random_translate, tta_logits
-from imgclf.cli import main
 from imgclf.data import ImageDataModule
-from imgclf.model import ImageClassifier
-from imgclf.networks import Whitening
-
-REPO = Path(__file__).resolve().parents[1]
+from imgclf.model.augment import AugmentPolicy, crop_at, random_flip, random_translate, tta_logits
+from imgclf.model.classifier import ImageClassifier
+from imgclf.model.networks import Whitening
+from imgclf.train.run import main
 
 
 def distinct_images(n: int = 64, h: int = 6, w: int = 7) -> torch.Tensor:

@@ -7,16 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO
 from image_files import FASHION_MNIST, write_colour_folder, write_fashion_mnist_folder
 
-from imgclf.cli import RUN_DIR_ENV, main
 from imgclf.data import ImageDataModule, cache
 from imgclf.data.cache import build_cache, open_cache
 from imgclf.data.files import SplitOptions
 from imgclf.data.folders import read_image_folder
 from imgclf.errors import UserError
-
-REPO = Path(__file__).resolve().parents[1]
+from imgclf.train.run import RUN_DIR_ENV, main
 
 
 @pytest.fixture(autouse=True)
@@ -132,7 +131,7 @@ def test_cache_matches_decoding_and_goes_stale(tmp_path: Path, monkeypatch: pyte
     cache_dir = tmp_path / "cache"
     kwargs = dict(dataset="folder", root=str(root), val_fraction=0.0, test_fraction=0.3, input_size=21,
                   num_workers=0, eval_batch_size=8)
-    with pytest.raises(UserError, match="No image cache in .*cache_images.py"):
+    with pytest.raises(UserError, match="No image cache in .*imgclf.train.cache_images"):
         ImageDataModule(**kwargs, cache_dir=str(cache_dir)).setup("fit")
     dm = ImageDataModule(**kwargs, cache_dir=str(cache_dir))
     dm.file_data.build_cache()

@@ -1,4 +1,4 @@
-"""End to end: main.py and grid.py as a user runs them, and every bad input's message."""
+"""End to end: main.py and the experiment grid as a user runs them, and every bad input's message."""
 
 import json
 import shutil
@@ -7,8 +7,8 @@ import pytest
 import torch
 from conftest import REPO, make_fashion_mnist, run_script
 
-from imgclf.cli import main
 from imgclf.errors import UserError
+from imgclf.train.run import main
 
 DEFAULT_CONFIG = REPO / "configs" / "default.yaml"
 
@@ -59,7 +59,7 @@ def test_checkpoint_of_another_network_is_refused(default_run, tmp_path):
 
 
 def test_grid_runs_three_experiments_and_tabulates(tmp_path):
-    from imgclf.grid import run_grid
+    from imgclf.train.grid import run_grid
 
     table = run_grid(REPO / "main.py", ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
                                         "--trainer.enable_progress_bar", "false"], grid_dir=tmp_path)

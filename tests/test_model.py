@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from imgclf.backbones import TORCHVISION_NETWORKS
 from imgclf.errors import UserError
-from imgclf.model import ImageClassifier
-from imgclf.networks import NETWORKS, PixelNormalize, build_network
+from imgclf.model.backbones import TORCHVISION_NETWORKS
+from imgclf.model.classifier import ImageClassifier
+from imgclf.model.networks import NETWORKS, PixelNormalize, build_network
 
 SMALL_IMAGE_NETWORKS = sorted(set(NETWORKS) - set(TORCHVISION_NETWORKS))  # backbones: tests/test_transfer.py
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from conftest import REPO
 
-from imgclf.checkpoints import AtomicCheckpointIO, check_resumable
 from imgclf.errors import UserError
-from imgclf.model import ImageClassifier
-from imgclf.schedule import one_cycle, replan_one_cycle
+from imgclf.model.classifier import ImageClassifier
+from imgclf.model.schedule import one_cycle, replan_one_cycle
+from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
 
 QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 NOISE = ["exists and is not empty", "litlogger", "deprecated", "dirpath has changed", "Warning", "Traceback"]
@@ -113,7 +113,7 @@ def test_sigterm_saves_logs_and_prints_the_resume_command(tmp_path):
 def test_a_killed_checkpoint_writer_never_leaves_a_truncated_checkpoint(tmp_path):
     """SIGKILL while AtomicCheckpointIO rewrites a 40 MB checkpoint over and over: the file always loads."""
     target = tmp_path / "last.ckpt"
-    writer = ("import sys, torch\nfrom imgclf.checkpoints import AtomicCheckpointIO\nio = AtomicCheckpointIO()\n"
+    writer = ("import sys, torch\nfrom imgclf.train.checkpoints import AtomicCheckpointIO\nio = AtomicCheckpointIO()\n"
               "for i in range(10**6):\n    io.save_checkpoint({'i': i, 'w': torch.rand(10**7)}, sys.argv[1])\n")
     proc = start_main(str(target), code=writer)
     wait_for("last.ckpt", tmp_path, proc)
@@ -125,8 +125,8 @@ def test_a_killed_checkpoint_writer_never_leaves_a_truncated_checkpoint(tmp_path
 
 def test_concurrent_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
     runs = tmp_path / "runs"
-    same_second = ("import sys\nfrom pathlib import Path\nimport imgclf.run_folder as folder\n"
-                   "folder.run_stamp = lambda: '20990101-000000'\nfrom imgclf.cli import main\n"
+    same_second = ("import sys\nfrom pathlib import Path\nimport imgclf.train.run_folder as folder\n"
+                   "folder.run_stamp = lambda: '20990101-000000'\nfrom imgclf.train.run import main\n"
                    "main(sys.argv[1:], Path('configs/default.yaml'))\n")
     args = ["--runs_dir", str(runs), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
             "--trainer.log_every_n_steps", "1", *QUIET]

@@ -2,8 +2,8 @@
 
 import pytest
 
-from imgclf.cli import RUN_DIR_ENV, new_run_dir
 from imgclf.errors import UserError
+from imgclf.train.run import RUN_DIR_ENV, new_run_dir
 
 
 def test_run_name_gives_a_fixed_folder_and_refuses_an_existing_one(tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import scipy.io
 import torch
+from conftest import REPO
 from image_files import CAR_COLOURS, annotation_struct, write_stanford_cars
 from PIL import Image
 
@@ -19,7 +20,6 @@ from imgclf.data.stanford_cars import read_stanford_cars
 from imgclf.data.transforms import decode_rgb
 from imgclf.errors import UserError
 
-REPO = Path(__file__).resolve().parents[1]
 OPTIONS = SplitOptions(val_fraction=0.25, test_fraction=0.0, seed=0)
 
 

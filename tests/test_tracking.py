@@ -4,7 +4,7 @@ from collections import Counter
 
 import torch
 
-from imgclf.tracking import confusion_pairs
+from imgclf.train.tracking import confusion_pairs
 
 
 def test_confusion_pairs_repeat_each_cell_by_its_count():

@@ -8,17 +8,16 @@ import lightning as L
 import pytest
 import torch
 import torchvision
+from conftest import REPO
 from image_files import write_colour_folder
 
-from imgclf.backbones import BACKBONES, load_pretrained
-from imgclf.cli import RUN_DIR_ENV, main
 from imgclf.data import ImageDataModule
 from imgclf.errors import UserError
-from imgclf.finetune import backbone_parameters, classifier_head, parameter_groups
-from imgclf.model import ImageClassifier
-from imgclf.networks import build_network
-
-REPO = Path(__file__).resolve().parents[1]
+from imgclf.model.backbones import BACKBONES, load_pretrained
+from imgclf.model.classifier import ImageClassifier
+from imgclf.model.finetune import backbone_parameters, classifier_head, parameter_groups
+from imgclf.model.networks import build_network
+from imgclf.train.run import RUN_DIR_ENV, main
 
 
 @pytest.fixture(autouse=True)

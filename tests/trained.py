@@ -6,9 +6,10 @@ import os
 import sys
 from pathlib import Path
 
-from imgclf.cli import RUN_DIR_ENV, main
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
+from imgclf.train.run import RUN_DIR_ENV, main
+
 QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 

@@ -18,7 +18,7 @@ from torchvision.datasets import FashionMNIST
 from imgclf.bench.curve import Curve
 from imgclf.data.readers import FASHION_MNIST_FILES, find_idx_file
 from imgclf.errors import UserError
-from imgclf.networks import small_cnn
+from imgclf.model.networks import small_cnn
 
 BATCH_SIZE, LR = 64, 1e-3
 

@@ -14,10 +14,10 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import instantiate_class
 
 from imgclf.bench.curve import Curve
-from imgclf.cli import DATA_TO_MODEL
 from imgclf.data import ImageArrays, ImageDataModule
 from imgclf.errors import UserError
-from imgclf.model import ImageClassifier
+from imgclf.model.classifier import ImageClassifier
+from imgclf.train.run import DATA_TO_MODEL
 
 
 class TestAsValidation(ImageDataModule):

@@ -1,4 +1,4 @@
-"""bench/time_to_accuracy.py's logic: run the three measurements, print a table, write JSON."""
+"""src/imgclf/bench/time_to_accuracy.py's logic: run the three measurements, print a table, write JSON."""
 
 from __future__ import annotations
 

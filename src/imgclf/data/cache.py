@@ -3,7 +3,7 @@
     <cache_dir>/images.npy   uint8 [N, 3, S, S], S = base_size(input_size), read through a memory map
     <cache_dir>/index.json   fingerprint, the files (relative to the data root) in row order, unreadable rows
 
-It is a pipeline output (`cache_images.py`, a DVC stage), never written as a side effect of training. The
+It is a pipeline output (imgclf.train.cache_images, a DVC stage), never written as a side effect of training. The
 fingerprint covers every file's path, size and modification time plus the settings that shape the stored
 pixels and decode.DECODER_VERSION, so a changed, added or removed image, another input size or box setting,
 or another decoder makes it stale: training then refuses it and says how to rebuild it.
@@ -27,7 +27,7 @@ from imgclf.data.transforms import base_size
 from imgclf.errors import UserError
 
 IMAGES, INDEX = "images.npy", "index.json"
-REBUILD = ("Build it with `uv run python cache_images.py --config <your config>` (or `dvc repro`), "
+REBUILD = ("Build it with `uv run python -m imgclf.train.cache_images --config <your config>` (or `dvc repro`), "
            "or drop --data.cache_dir.")
 
 

@@ -14,8 +14,8 @@ from imgclf.data.file_data import FileData
 from imgclf.data.files import SplitOptions
 from imgclf.data.loaders import InMemoryBatches
 from imgclf.data.readers import ImageArrays
-from imgclf.distributed import per_device_batch_size
 from imgclf.errors import UserError
+from imgclf.train.distributed import per_device_batch_size
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +50,7 @@ class ImageDataModule(L.LightningDataModule):
         box_padding: grow the box by this share of its width/height on each side before cropping.
         skip_bad_images: leave out (and count) image files that fail to decode, instead of stopping.
         test_fraction: share held out for testing where an image folder has no test/ split.
-        cache_dir: read pre-resized images from this cache (written by cache_images.py) instead of decoding.
+        cache_dir: read pre-resized images from this cache (written by imgclf.train.cache_images) instead of decoding.
     """
 
     def __init__(

@@ -5,7 +5,7 @@
     GET  /model    the model's metadata (classes, input size, dataset, test metrics, sha256, ...)
     GET  /health   {"status": "ok"}
 
-Decoding and inference are the predictor's (deploy/predictor.py), as for predict.py, so the app and the
+Decoding and inference are the predictor's (deploy/predictor.py, also a command line), so the app and its
 command line classify a file identically. Several images in one request run as one batch. Bad input (not
 an image, empty or truncated file, too large, missing field, bad top_k) gets a 4xx JSON `{"error": ...}`
 and the server carries on.
@@ -32,7 +32,7 @@ MAX_REQUEST_BYTES = MAX_IMAGES * MAX_IMAGE_BYTES + 64 * 1024  # plus the form's 
 PAGE = Path(__file__).with_name("static") / "index.html"
 # One ONNX Runtime thread per inference: requests already run in parallel (FastAPI's thread pool), and ONNX
 # Runtime's default per-core worker threads spin between runs: measured here, 17.4 ms of server CPU per
-# one-image request with them vs 5.6 ms with one thread, and p50 latency 38 ms vs 6 ms (bench/app_load.py).
+# one-image request with them vs 5.6 ms with one thread, and p50 latency 38 ms vs 6 ms (src/imgclf/bench/app_load.py).
 INFERENCE_THREADS = 1
 
 

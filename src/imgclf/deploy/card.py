@@ -17,10 +17,10 @@ import torch
 import yaml
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 
-from imgclf.artifacts import save_confusion_matrix
 from imgclf.atomic import write_text
 from imgclf.deploy.checkpoint import Checkpoint
 from imgclf.deploy.metadata import ModelMetadata
+from imgclf.train.artifacts import save_confusion_matrix
 
 CALIBRATION_BINS = 15  # torchmetrics' default, and the usual choice in the calibration literature
 

@@ -7,10 +7,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.checkpoints import check_finite_weights, read_checkpoint
 from imgclf.data import ImageDataModule
 from imgclf.errors import UserError
-from imgclf.model import ImageClassifier
+from imgclf.model.classifier import ImageClassifier
+from imgclf.train.checkpoints import check_finite_weights, read_checkpoint
 
 DEFAULT_CHECKPOINT = "runs/latest/best.ckpt"
 

@@ -11,7 +11,7 @@ Opset and IR version are chosen, not inherited from the installed torch: left al
 version 10, which onnxruntime up to 1.17 (early 2024, still in many serving images) refuses. The file is
 stamped with the lowest IR version its opset allows. Default opset 20 (IR version 9): onnxruntime 1.17 and
 newer load it, and every network the project trains gave PyTorch's answers in onnxruntime 1.17 and 1.31,
-onnx's reference evaluator and OpenCV 5.0's DNN module (bench/onnx_runtimes.py). Opset 18 (the lowest the
+onnx's reference evaluator and OpenCV 5.0's DNN module (src/imgclf/bench/onnx_runtimes.py). Opset 18 (the lowest the
 dynamo exporter writes; asked for 17 it falls back to 18) reaches back to onnxruntime 1.14, but it spells
 GELU (airbench, ConvNeXt) as Erf arithmetic, on which OpenCV 5.0 crashed; opset 20 has a Gelu operator.
 """

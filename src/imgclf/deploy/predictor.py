@@ -1,5 +1,8 @@
 """Image files -> top-k classes with model.onnx. Imports only numpy, PIL, onnxruntime and json (through
-metadata.py), so it runs where torch is not installed.
+metadata.py), so it runs where torch is not installed. A folder stands for every image in it (any depth):
+
+    uv run python -m imgclf.deploy.predictor photo1.jpg photo2.png --top-k 3
+    uv run python -m imgclf.deploy.predictor holiday_photos/
 
 Preprocessing matches evaluation: the model takes raw 0-255 pixels and normalizes them itself, so the only
 steps here are decoding, converting to the model's channels, and sizing. Models of in-memory datasets
@@ -11,6 +14,7 @@ centre, as transforms.load_base + eval_view do at evaluation.
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from imgclf.data.decode import IMAGE_SUFFIXES, decode_image, images_in
 from imgclf.deploy.compat import too_old_runtime_error
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
-from imgclf.errors import UserError
+from imgclf.errors import UserError, exit_on_user_error
 
 # Images per session.run: bounds ONNX Runtime's activation memory (the decoded files are all stacked
 # before the first run, so it does not bound that); the batch axis is dynamic, any size works.
@@ -155,9 +159,23 @@ def image_paths(paths: list[str]) -> list[str]:
 
 
 def predict(paths: list[str], model_path: str | Path, top_k: int) -> list[Prediction]:
-    """predict.py: classify the files (and every image in the folders given) and print the top-k classes."""
+    """Classify the files (and every image in the folders given) and print the top-k classes."""
     if not paths:
         raise UserError("No image files given; pass one or more image files or folders.")
     predictions = Predictor(model_path).predict(image_paths(paths), top_k)
     print(format_predictions(predictions))
     return predictions
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("images", nargs="+", help="image files, or folders of them")
+    parser.add_argument("--model", default="model.onnx", help="ONNX file written by export.py")
+    parser.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        predict(args.images, args.model, args.top_k)
+
+
+if __name__ == "__main__":
+    main()

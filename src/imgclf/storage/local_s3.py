@@ -17,7 +17,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import sysconfig
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from imgclf.errors import UserError
+from imgclf.errors import UserError, exit_on_user_error
 
 DEFAULT_DIR = Path(".local_s3")
 DEFAULT_PORT = 8333  # SeaweedFS's S3 port; master, volume, filer and admin take the next four
@@ -226,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-configure", action="store_true",
                         help="Leave .dvc/config.local alone; only print the endpoint and credentials.")
     args = parser.parse_args(argv)
-    try:
+    with exit_on_user_error():
         if args.command == "stop":
             print("stopped" if stop(args.dir) else f"no local S3 server was running from {args.dir}")
             return
@@ -236,8 +235,6 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_configure:
             remote = point_dvc_remote_at(server)
             print(f"DVC remote {remote!r} now uses it (endpointurl and keys in .dvc/config.local)")
-    except UserError as e:
-        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

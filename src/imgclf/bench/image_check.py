@@ -1,6 +1,6 @@
 """Speed of the setup check of image files (decode.check_image) against a full decode, in images/s.
 
-    uv run python bench/image_check.py --images 2000 --threads 1 2
+    uv run python -m imgclf.bench.image_check --images 2000 --threads 1 2
 
 Writes the same synthetic Stanford-Cars-sized JPEGs as dataloader_throughput.py, truncates every 100th,
 then times find_bad_images (JPEGs decoded at 1/8 scale, in threads) and a full decode (decode_image) of
@@ -13,8 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dataloader_throughput import write_jpegs
-
+from imgclf.bench.dataloader_throughput import write_jpegs
 from imgclf.data.decode import decode_image
 from imgclf.data.files import find_bad_images
 

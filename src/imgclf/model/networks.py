@@ -12,8 +12,8 @@ import torch
 from torch import nn
 from torchvision.models import resnet18
 
-from imgclf.backbones import TORCHVISION_NETWORKS
 from imgclf.errors import UserError
+from imgclf.model.backbones import TORCHVISION_NETWORKS
 
 
 class PixelNormalize(nn.Module):

@@ -15,15 +15,15 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-from imgclf.artifacts import RunArtifacts
 from imgclf.atomic import is_storage_failure, storage_error
-from imgclf.checkpoints import AtomicCheckpointIO, check_resumable
 from imgclf.data import ImageDataModule
-from imgclf.distributed import check_trainer, with_timeout
-from imgclf.divergence import DivergenceGuard
 from imgclf.errors import UserError
-from imgclf.model import ImageClassifier
-from imgclf.run_folder import (
+from imgclf.model.classifier import ImageClassifier
+from imgclf.train.artifacts import RunArtifacts
+from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
+from imgclf.train.distributed import check_trainer, with_timeout
+from imgclf.train.divergence import DivergenceGuard
+from imgclf.train.run_folder import (
     RUN_DIR_ENV,
     AtomicSaveConfig,
     discard_untrained,
@@ -32,10 +32,12 @@ from imgclf.run_folder import (
     remove_if_empty,
     resume_command,
 )
-from imgclf.tracking import DVCLiveConfusionMatrix
+from imgclf.train.tracking import DVCLiveConfusionMatrix
 
 __all__ = ["RUN_DIR_ENV", "ImageClassificationCLI", "main", "new_run_dir"]
 
+PROJECT = Path(__file__).resolve().parents[3]  # the checkout: main.py and configs/ live there
+DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"  # under every config, as main.py passes it
 DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
 LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
 

@@ -1,6 +1,6 @@
 """DataLoader throughput (images/s) for Stanford-Cars-sized JPEGs, decoded per epoch vs read from the cache.
 
-    uv run python bench/dataloader_throughput.py --images 256 --workers 0 2
+    uv run python -m imgclf.bench.dataloader_throughput --images 256 --workers 0 2
 
 Writes synthetic 700x480-ish JPEGs (smooth colour fields plus noise, ~60-90 KB each like car photos) to a
 temporary folder, then times full passes of the training DataLoader (decode, resize to 256, random crop

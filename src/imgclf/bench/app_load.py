@@ -2,8 +2,8 @@
 before and after each 1,000 requests. Starts `app.py` as a real server on a free port, posts one image per
 request (POST /predict, multipart) over keep-alive connections, then stops it.
 
-    uv run python bench/app_load.py --model model.onnx --image some.png
-    uv run python bench/app_load.py --model model.onnx            # a grey image at the model's input size
+    uv run python -m imgclf.bench.app_load --model model.onnx --image some.png
+    uv run python -m imgclf.bench.app_load --model model.onnx            # a grey image at the model's input size
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]  # the checkout, where app.py lives
 
 
 def free_port() -> int:

@@ -4,9 +4,9 @@ Exports every network the project trains (random weights: parity does not depend
 default opset, then runs each file in every runtime installed here (ONNX Runtime, onnx's reference
 evaluator, OpenCV's DNN module) and compares with PyTorch's logits (rtol 1e-3 / atol 1e-5, identical top-1):
 
-    uv run python bench/onnx_runtimes.py --out runs/onnx_runtimes        # export + check in this environment
+    uv run python -m imgclf.bench.onnx_runtimes --out runs/onnx_runtimes        # export + check in this environment
     # the same files in another environment (e.g. onnxruntime 1.17 + numpy<2 + OpenCV 4.8), torch-free:
-    PYTHONPATH=src /tmp/ort117/bin/python bench/onnx_runtimes.py --check runs/onnx_runtimes
+    PYTHONPATH=src /tmp/ort117/bin/python -m imgclf.bench.onnx_runtimes --check runs/onnx_runtimes
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def export_all(out: Path, opset: int) -> None:
     from torch import nn
 
     from imgclf.deploy.export import onnx_graph
-    from imgclf.networks import PixelNormalize, build_network
+    from imgclf.model.networks import PixelNormalize, build_network
 
     torch.manual_seed(0)
     out.mkdir(parents=True, exist_ok=True)

@@ -12,12 +12,12 @@ from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from imgclf.augment import tta_logits
-from imgclf.backbones import load_pretrained
 from imgclf.errors import UserError
-from imgclf.finetune import drop_backbone_grads, parameter_groups
-from imgclf.networks import PixelNormalize, build_network
-from imgclf.schedule import one_cycle, replan_one_cycle
+from imgclf.model.augment import tta_logits
+from imgclf.model.backbones import load_pretrained
+from imgclf.model.finetune import drop_backbone_grads, parameter_groups
+from imgclf.model.networks import PixelNormalize, build_network
+from imgclf.model.schedule import one_cycle, replan_one_cycle
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -35,7 +35,7 @@ class ImageClassifier(L.LightningModule):
     """Classifies raw-pixel images (0-255); normalization is the first layer, so exports take raw pixels.
 
     Args:
-        network: architecture name (see imgclf.networks.NETWORKS).
+        network: architecture name (see imgclf.model.networks.NETWORKS).
         optimizer: sgd (Nesterov momentum) or adamw.
         lr: peak learning rate of the one-cycle schedule.
         weight_decay: applied to weights only, not to biases and norm parameters.

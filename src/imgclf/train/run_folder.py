@@ -13,9 +13,9 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import SaveConfigCallback
 
 from imgclf.atomic import storage_error, write_text
-from imgclf.distributed import launcher_job_id
 from imgclf.errors import UserError
-from imgclf.tracking import dvclive_logger_config
+from imgclf.train.distributed import launcher_job_id
+from imgclf.train.tracking import dvclive_logger_config
 
 RUN_DIR_ENV = "IMGCLF_RUN_DIR"  # DDP's re-launched ranks inherit it, so every rank names the same folder
 
@@ -54,7 +54,7 @@ def new_run_dir(runs_dir: Path, dataset: str, network: str, run_name: str | None
     """
     creator = rank_zero_only.rank == 0
     never_twice = "A run folder holds one run only: delete or rename it, or pick another"
-    if os.environ.get(RUN_DIR_ENV):  # a re-launched DDP rank (rank 0 made it), or a folder chosen by grid.py
+    if os.environ.get(RUN_DIR_ENV):  # a re-launched DDP rank (rank 0 made it), or one chosen by train/grid.py
         run_dir = Path(os.environ[RUN_DIR_ENV])
         if creator:
             _create(run_dir, f"Run folder {run_dir} (from {RUN_DIR_ENV}) already exists. {never_twice} folder.")

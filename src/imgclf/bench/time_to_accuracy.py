@@ -1,16 +1,15 @@
 """Time to Fashion-MNIST test accuracy: this pipeline vs a seed-style baseline, plus Lightning's overhead.
 
-    uv run python bench/time_to_accuracy.py                       # full run (CPU: ~10-20 minutes)
-    uv run python bench/time_to_accuracy.py --tiny                # seconds: a check that it all runs
-    uv run python bench/time_to_accuracy.py --budget-seconds 300 --json runs/bench.json
+    uv run python -m imgclf.bench.time_to_accuracy                       # full run (CPU: ~10-20 minutes)
+    uv run python -m imgclf.bench.time_to_accuracy --tiny                # seconds: a check that it all runs
+    uv run python -m imgclf.bench.time_to_accuracy --budget-seconds 300 --json runs/bench.json
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 from imgclf.bench.run import BenchOptions, run_benchmark
-from imgclf.errors import UserError
+from imgclf.errors import exit_on_user_error
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__,
@@ -24,8 +23,6 @@ if __name__ == "__main__":
     parser.add_argument("--tiny", action="store_true", help="smoke test: 2048 train, 1000 test images, 5 s")
     parser.add_argument("--json", type=Path, default=Path("runs/time_to_accuracy.json"), help="results file")
     args = parser.parse_args()
-    try:
+    with exit_on_user_error():
         run_benchmark(BenchOptions(args.config, args.data_root, args.budget_seconds, args.evals_per_epoch,
                                    args.overhead_steps, args.tiny, args.json))
-    except UserError as e:
-        sys.exit(f"error: {e}")

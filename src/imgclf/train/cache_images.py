@@ -1,4 +1,7 @@
-"""cache_images.py's logic: write the pre-resized image cache of a file dataset (a DVC pipeline stage).
+"""Decode and resize a file dataset's images once into a uint8 cache that training then reads (a DVC stage).
+
+    uv run python -m imgclf.train.cache_images --config configs/stanford_cars.yaml --data.cache_dir cache/stanford_cars
+    uv run python main.py --config configs/stanford_cars.yaml --data.cache_dir cache/stanford_cars
 
 It reads the same configs and overrides as main.py, so the cache matches what training will ask for.
 """
@@ -8,10 +11,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgclf.cli import ImageClassificationCLI
 from imgclf.data import ImageDataModule
-from imgclf.errors import UserError
-from imgclf.model import ImageClassifier
+from imgclf.errors import UserError, exit_on_user_error
+from imgclf.model.classifier import ImageClassifier
+from imgclf.train.run import DEFAULT_CONFIG, ImageClassificationCLI
 
 
 class CacheCLI(ImageClassificationCLI):
@@ -35,3 +38,8 @@ def main(args: list[str] | None = None, default_config: Path | None = None) -> P
     folder = data.file_data.build_cache()
     print(f"Image cache of {data.describe()} written to {folder}/", file=sys.stderr)
     return folder
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        main(default_config=DEFAULT_CONFIG)

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from imgclf.atomic import atomic_path, write_json  # noqa: E402
-from imgclf.run_folder import point_latest_at  # noqa: E402
+from imgclf.train.run_folder import point_latest_at  # noqa: E402
 
 
 def _save_figure(fig: plt.Figure, path: Path) -> None:

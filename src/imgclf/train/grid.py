@@ -1,5 +1,10 @@
 """The seed study's experiment grid: three (lr, batch size) runs of main.py, then one results table.
 
+    uv run python -m imgclf.train.grid                                   # on digits (configs/default.yaml)
+    uv run python -m imgclf.train.grid --config configs/fashion_mnist.yaml --trainer.max_epochs 3
+
+Any main.py argument passes through; results land in runs/grid-<time>/results.{md,csv}.
+
 Each experiment is a separate main.py process (so DDP flags work as for any run) with its own run folder
 under the grid's folder; the table is written as Markdown and CSV next to them.
 """
@@ -17,8 +22,9 @@ import pandas as pd
 import yaml
 
 from imgclf.atomic import atomic_path, write_text
-from imgclf.errors import UserError
-from imgclf.run_folder import RUN_DIR_ENV
+from imgclf.errors import UserError, exit_on_user_error
+from imgclf.train.run import PROJECT
+from imgclf.train.run_folder import RUN_DIR_ENV
 
 SEED_STUDY = [(0.001, 64), (0.01, 64), (0.001, 128)]  # (lr, batch size), as in the seed study
 
@@ -54,3 +60,8 @@ def write_results(table: pd.DataFrame, grid_dir: Path) -> None:
     with atomic_path(grid_dir / "results.csv", "grid results") as temporary:
         table.to_csv(temporary, index=False)
     write_text(grid_dir / "results.md", table.to_markdown(index=False) + "\n", "grid results")
+
+
+if __name__ == "__main__":
+    with exit_on_user_error():
+        run_grid(PROJECT / "main.py", sys.argv[1:])

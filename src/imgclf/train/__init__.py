@@ -1,0 +1,2 @@
+"""The training run: LightningCLI fit then test (run.py), its run folder, checkpoints, artifacts, DVCLive
+tracking, DDP settings, divergence stop, the experiment grid and the image-cache tool."""
