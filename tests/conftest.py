@@ -15,6 +15,7 @@ import pytest
 from imgclf.data.catalog import DEBIAN_FASHION_MNIST
 
 REPO = Path(__file__).resolve().parents[1]
+QUIET_ARGS = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]  # for main.py
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
@@ -99,6 +100,14 @@ def run_script(script: str, *args: str, cwd: Path = REPO, timeout: float = 900, 
 
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def quiet_trainer(**settings):
+    """A one-CPU Lightning Trainer that writes and prints nothing (no logger, checkpoints, bar or summary)."""
+    import lightning as L
+
+    return L.Trainer(**{"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+                        "enable_progress_bar": False, "enable_model_summary": False, **settings})
 
 
 def run_in_process(command: str, *args: str) -> int | str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+from conftest import quiet_trainer
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from imgclf.model.averaging import EMAWeightAveraging
@@ -26,9 +27,7 @@ def test_average_is_the_ema_of_the_chosen_steps_on_the_module_device(tmp_path):
     assert not ema.should_update(epoch_idx=0)
     recorder = Recorder()
     model = BoringModel()
-    trainer = L.Trainer(max_steps=6, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        callbacks=[recorder, ema], default_root_dir=tmp_path)
+    trainer = quiet_trainer(max_steps=6, limit_val_batches=0, callbacks=[recorder, ema], default_root_dir=tmp_path)
     trainer.fit(model)
     average = ema._average_model.module.layer.weight
     assert average.device == model.device

@@ -20,7 +20,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO
+from conftest import QUIET_ARGS, REPO, quiet_trainer
 from lightning.pytorch.strategies import DDPStrategy
 
 from imgclf.data import ImageDataModule
@@ -33,8 +33,7 @@ from imgclf.train.run import RUN_DIR_ENV, new_run_dir
 
 TESTS = Path(__file__).resolve().parent
 DDP = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
-TINY = ["--trainer.max_epochs", "2", "--trainer.enable_model_summary", "false",
-        "--trainer.enable_progress_bar", "false"]
+TINY = ["--trainer.max_epochs", "2", *QUIET_ARGS]
 
 
 # ----------------------------------------------------------------------------- sharding (unit)
@@ -173,8 +172,7 @@ def run_main(args: list[str], log: Path, timeout: float = 600) -> tuple[int, flo
 
 def single_device_test(checkpoint: Path) -> dict[str, float]:
     model = ImageClassifier.load_from_checkpoint(checkpoint, map_location="cpu")
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                        enable_model_summary=False)
+    trainer = quiet_trainer()
     [metrics] = trainer.test(model, datamodule=ImageDataModule(dataset="digits"), verbose=False)
     return metrics | {"confusion": model.test_confusion}
 

@@ -18,14 +18,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import QUIET_ARGS, REPO
 
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
 from imgclf.model.schedule import one_cycle, replan_one_cycle
 from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
 
-QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 NOISE = ["exists and is not empty", "litlogger", "deprecated", "dirpath has changed", "Warning", "Traceback"]
 
 
@@ -61,7 +60,7 @@ def test_interrupt_then_resume_and_extend_into_a_new_folder(tmp_path):
     continues into a new folder with everything a run leaves, while the old folder stays byte-identical;
     last.ckpt is the final epoch and best.ckpt the best by val/acc; neither run prints Lightning's noise."""
     runs = tmp_path / "runs"
-    first = start_main("--runs_dir", str(runs), "--trainer.max_epochs", "3", *QUIET)
+    first = start_main("--runs_dir", str(runs), "--trainer.max_epochs", "3", *QUIET_ARGS)
     wait_for("*/last.ckpt", runs, first)
     first.send_signal(signal.SIGINT)
     _, stderr = first.communicate(timeout=120)
@@ -99,7 +98,7 @@ def test_interrupt_then_resume_and_extend_into_a_new_folder(tmp_path):
 
 def test_sigterm_saves_logs_and_prints_the_resume_command(tmp_path):
     runs = tmp_path / "runs"
-    proc = start_main("--runs_dir", str(runs), "--trainer.max_epochs", "30", *QUIET)
+    proc = start_main("--runs_dir", str(runs), "--trainer.max_epochs", "30", *QUIET_ARGS)
     wait_for("*/last.ckpt", runs, proc)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -129,7 +128,7 @@ def test_concurrent_runs_started_in_the_same_second_get_their_own_folders(tmp_pa
                    "folder.run_stamp = lambda: '20990101-000000'\nfrom imgclf.train.run import main\n"
                    "main(sys.argv[1:], Path('configs/default.yaml'))\n")
     args = ["--runs_dir", str(runs), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
-            "--trainer.log_every_n_steps", "1", *QUIET]
+            "--trainer.log_every_n_steps", "1", *QUIET_ARGS]
     procs = [start_main(*args, code=same_second) for _ in range(2)]
     for proc in procs:
         assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
@@ -143,7 +142,7 @@ def test_concurrent_runs_started_in_the_same_second_get_their_own_folders(tmp_pa
 def test_divergence_stops_the_run_with_advice(tmp_path):
     runs = tmp_path / "runs"
     done = subprocess.run([sys.executable, str(REPO / "main.py"), "--runs_dir", str(runs), "--model.optimizer",
-                           "sgd", "--model.lr", "1e4", "--trainer.max_epochs", "2", *QUIET],
+                           "sgd", "--model.lr", "1e4", "--trainer.max_epochs", "2", *QUIET_ARGS],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
@@ -171,7 +170,7 @@ def test_full_or_read_only_runs_dir_gives_one_clear_error(tmp_path, options, mes
     _mount_tmpfs(runs, options)
     try:
         done = subprocess.run([sys.executable, str(REPO / "main.py"), "--runs_dir", str(runs),
-                               "--trainer.max_epochs", "1", *QUIET],
+                               "--trainer.max_epochs", "1", *QUIET_ARGS],
                               cwd=REPO, capture_output=True, text=True, timeout=600)
         assert done.returncode != 0
         assert "Traceback" not in done.stderr and message in done.stderr, done.stderr[-3000:]

@@ -8,7 +8,7 @@ import lightning as L
 import pytest
 import torch
 import torchvision
-from conftest import REPO
+from conftest import REPO, quiet_trainer
 from image_files import write_colour_folder
 
 from imgclf.data import ImageDataModule
@@ -89,13 +89,11 @@ def test_frozen_backbone_does_not_move_in_the_first_epoch() -> None:
                             freeze_backbone_epochs=1, schedule="constant", lr=0.01)
     before = [p.detach().clone() for p in backbone_parameters(model.net)]
     head_before = classifier_head(model.net).weight.detach().clone()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_train_batches=3)
+    trainer = quiet_trainer(max_epochs=1, limit_train_batches=3)
     trainer.fit(model, datamodule=data)
     assert all(torch.equal(a, b) for a, b in zip(before, backbone_parameters(model.net), strict=True))
     assert not torch.equal(head_before, classifier_head(model.net).weight)
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_train_batches=3)
+    trainer = quiet_trainer(max_epochs=2, limit_train_batches=3)
     trainer.fit(model, datamodule=data)  # epochs 0 and 1 again: epoch 1 trains the backbone
     assert not all(torch.equal(a, b) for a, b in zip(before, backbone_parameters(model.net), strict=True))
 

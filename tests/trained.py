@@ -6,11 +6,9 @@ import os
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import QUIET_ARGS, REPO
 
 from imgclf.train.run import RUN_DIR_ENV, main
-
-QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 
 
 def train(runs_dir: Path, *args: str) -> Path:
@@ -18,7 +16,7 @@ def train(runs_dir: Path, *args: str) -> Path:
     os.environ.pop(RUN_DIR_ENV, None)  # main() records its run folder here for DDP ranks: start afresh
     saved, sys.argv = sys.argv, ["main.py"]  # LightningCLI warns when pytest's own arguments are present
     try:
-        return main([*QUICK, *args, "--runs_dir", str(runs_dir)],
+        return main([*QUIET_ARGS, *args, "--runs_dir", str(runs_dir)],
                     default_config=REPO / "configs" / "default.yaml")
     finally:
         os.environ.pop(RUN_DIR_ENV, None)

@@ -10,6 +10,7 @@ from pathlib import Path
 from imgclf.data import ImageDataModule
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
+from imgclf.model.weights import WeightsMisfit
 from imgclf.train.checkpoints import check_finite_weights, read_checkpoint
 
 DEFAULT_CHECKPOINT = "runs/latest/best.ckpt"
@@ -58,13 +59,8 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     check_finite_weights(raw, path)
     try:
         model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
-    except RuntimeError as e:  # load_state_dict: missing, unexpected or differently shaped weights
-        first_line = str(e).strip().splitlines()[0:2]
-        raise UserError(
-            f"The weights in {path} do not fit the network it names ({hparams['network']!r}, "
-            f"{hparams.get('num_classes')} classes, {hparams.get('in_channels')} channels): "
-            f"{' '.join(first_line)[:300]}. The checkpoint is of another network or was edited; "
-            f"pass the best.ckpt of the run you want to export."
-        ) from e
+    except WeightsMisfit as e:
+        raise UserError(f"Checkpoint {path}: {e}. The checkpoint is of another network or was edited; pass the "
+                        f"best.ckpt of the run you want to export.") from None
     datamodule_hparams = dict(raw.get("datamodule_hyper_parameters") or {})
     return Checkpoint(path, model.eval(), datamodule_hparams, file_sha256(path))

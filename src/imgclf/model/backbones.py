@@ -15,6 +15,7 @@ import torchvision.models
 from torch import nn
 
 from imgclf.errors import UserError
+from imgclf.model.weights import misfit
 
 # our name -> (torchvision's name, attribute path of the final Linear layer)
 BACKBONES = {
@@ -77,14 +78,10 @@ def load_pretrained(net: nn.Module, name: str, weights: str) -> None:
     head = BACKBONES[name][1] + "."
     expected = {k: v for k, v in net.state_dict().items() if not k.startswith(head)}
     given = {k: v for k, v in state.items() if not k.startswith(head)}
-    missing = [k for k in expected if k not in given]
-    unexpected = [k for k in given if k not in expected]
-    misshapen = [k for k in expected if k in given and given[k].shape != expected[k].shape]
-    if missing or unexpected or misshapen:
+    differs = misfit(expected, given)
+    if differs:
         raise UserError(
-            f"The weights in {weights} do not fit the network {name!r}: {len(missing)} missing, "
-            f"{len(unexpected)} unexpected and {len(misshapen)} misshapen tensors "
-            f"(e.g. {(missing or unexpected or misshapen)[:3]}). Pass weights of torchvision's "
+            f"The weights in {weights} do not fit the network {name!r}: {differs}. Pass weights of torchvision's "
             f"{BACKBONES[name][0]}, or choose the network they belong to with --model.network."
         )
     net.load_state_dict(given, strict=False)  # the head is left out on purpose: it is sized to our classes

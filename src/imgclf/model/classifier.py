@@ -18,6 +18,7 @@ from imgclf.model.backbones import load_pretrained
 from imgclf.model.finetune import drop_backbone_grads, parameter_groups
 from imgclf.model.networks import PixelNormalize, build_network
 from imgclf.model.schedule import one_cycle, replan_one_cycle
+from imgclf.model.weights import WeightsMisfit, misfit
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -163,6 +164,15 @@ class ImageClassifier(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.test_confusion = self.test_confmat.compute().cpu()
         self.test_confmat.reset()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning calls this before it loads the weights (load_from_checkpoint, or a resumed fit): a checkpoint
+        # of another network, or an edited one, is then the user's mistake, said as such.
+        differs = misfit(self.state_dict(), checkpoint.get("state_dict", {}))
+        if differs:
+            raise WeightsMisfit(f"its weights do not fit the network it names ({self.hparams.network!r}, "
+                                f"{self.hparams.num_classes} classes, {self.hparams.in_channels} channels): "
+                                f"{differs}")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self(batch[0]).softmax(dim=-1)

@@ -15,6 +15,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from imgclf.atomic import atomic_path
 from imgclf.errors import UserError
+from imgclf.model.weights import misfit
 
 # What must match between a checkpoint and the run that resumes it: the model's description of its data.
 RESUME_MUST_MATCH = ["network", "num_classes", "in_channels", "image_size", "class_names"]
@@ -75,15 +76,11 @@ def check_resumable(path: str | Path, model: torch.nn.Module, dataset: str) -> d
             f"with that run's config (--config <its run folder>/config.yaml), or start a new run without "
             f"--ckpt_path."
         )
-    state = raw.get("state_dict", {})
-    expected = model.state_dict()
-    wrong = [k for k, v in expected.items() if k not in state or state[k].shape != v.shape]
-    unexpected = [k for k in state if k not in expected]
-    if wrong or unexpected:
+    differs = misfit(model.state_dict(), raw.get("state_dict", {}))
+    if differs:
         raise UserError(
             f"Checkpoint {path} does not fit the network {model.hparams.network!r} with "
-            f"{model.hparams.num_classes} classes and {model.hparams.in_channels} input channels "
-            f"({len(wrong)} parameters missing or of another shape, e.g. {(wrong or unexpected)[:3]}). "
+            f"{model.hparams.num_classes} classes and {model.hparams.in_channels} input channels ({differs}). "
             f"Use the config the checkpoint was trained with (its run folder holds config.yaml)."
         )
     return raw
