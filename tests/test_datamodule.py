@@ -6,9 +6,8 @@ import pytest
 import torch
 from conftest import make_fashion_mnist
 
-from imgclf.data import ImageDataModule
-from imgclf.data.datamodule import split_train_val
-from imgclf.data.loaders import InMemoryBatches
+from imgclf.data.datamodule import ImageDataModule, split_train_val
+from imgclf.data.memory_loaders import InMemoryBatches
 from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
 

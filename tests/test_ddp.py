@@ -23,8 +23,8 @@ import torch
 from conftest import QUIET_ARGS, REPO, quiet_trainer
 from lightning.pytorch.strategies import DDPStrategy
 
-from imgclf.data import ImageDataModule
-from imgclf.data.loaders import InMemoryBatches, shard_bounds
+from imgclf.data.datamodule import ImageDataModule
+from imgclf.data.memory_loaders import InMemoryBatches, shard_bounds
 from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier

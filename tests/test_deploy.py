@@ -21,8 +21,8 @@ from trained import train
 from imgclf.data import transforms
 from imgclf.data.catalog import DATASETS, DEBIAN_FASHION_MNIST
 from imgclf.data.readers import read_digits, read_fashion_mnist
-from imgclf.deploy.checkpoint import file_sha256, load_checkpoint
 from imgclf.deploy.export import export
+from imgclf.deploy.from_checkpoint import file_sha256, load_checkpoint
 from imgclf.deploy.metadata import ModelMetadata
 from imgclf.deploy.predictor import Predictor, load_image
 from imgclf.deploy.verify import verify

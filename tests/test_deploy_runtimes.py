@@ -19,9 +19,9 @@ from torchmetrics.classification import MulticlassCalibrationError
 from imgclf.data.readers import read_digits
 from imgclf.deploy import export as export_module
 from imgclf.deploy.card import dataset_version
-from imgclf.deploy.checkpoint import load_checkpoint
 from imgclf.deploy.compat import too_old_runtime_error
 from imgclf.deploy.export import onnx_graph, save_checked
+from imgclf.deploy.from_checkpoint import load_checkpoint
 from imgclf.deploy.predictor import open_session
 from imgclf.deploy.runtimes import runtime_parity
 from imgclf.deploy.verify import verify

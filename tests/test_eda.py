@@ -22,8 +22,9 @@ from nbclient import NotebookClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imgclf import eda  # noqa: E402
-from imgclf.data import ImageArrays, ImageDataModule  # noqa: E402
-from imgclf.data.files import ImageFile, ImageFileDataset  # noqa: E402
+from imgclf.data.datamodule import ImageDataModule  # noqa: E402
+from imgclf.data.image_files import ImageFile, ImageFileDataset  # noqa: E402
+from imgclf.data.readers import ImageArrays  # noqa: E402
 from imgclf.data.transforms import eval_view, load_base  # noqa: E402
 from imgclf.train.artifacts import save_confusion_matrix  # noqa: E402
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO
 
-from imgclf.data import ImageDataModule
+from imgclf.data.datamodule import ImageDataModule
 from imgclf.model.augment import AugmentPolicy, crop_at, random_flip, random_translate, tta_logits
 from imgclf.model.classifier import ImageClassifier
 from imgclf.model.networks import Whitening
@@ -145,9 +145,8 @@ def test_tta_does_not_lower_accuracy(trained_run: Path, fashion_mnist_real: Path
 @pytest.mark.slow
 def test_benchmark_tiny_mode(fashion_mnist_real: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
-    script = REPO / "bench" / "time_to_accuracy.py"
-    proc = subprocess.run([sys.executable, str(script), "--tiny", "--json", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "imgclf.bench.time_to_accuracy", "--tiny", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
     assert [row["accuracy"] for row in results["time_to_accuracy"]] == [0.90, 0.92, 0.93, 0.94]

@@ -10,10 +10,11 @@ import torch
 from conftest import REPO
 from image_files import FASHION_MNIST, write_colour_folder, write_fashion_mnist_folder
 
-from imgclf.data import ImageDataModule, cache
+from imgclf.data import cache
 from imgclf.data.cache import build_cache, open_cache
-from imgclf.data.files import SplitOptions
+from imgclf.data.datamodule import ImageDataModule
 from imgclf.data.folders import read_image_folder
+from imgclf.data.image_files import SplitOptions
 from imgclf.errors import UserError
 from imgclf.train.run import RUN_DIR_ENV, main
 

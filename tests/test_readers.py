@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import make_cifar10, make_fashion_mnist, write_idx
 
-from imgclf.data import get_dataset, readers
+from imgclf.data import readers
+from imgclf.data.catalog import get_dataset
 from imgclf.data.readers import read_cifar10, read_digits, read_fashion_mnist, read_idx
 from imgclf.errors import UserError
 

@@ -203,7 +203,7 @@ def test_a_checkpoint_resumes_only_its_own_run(tmp_path):
 
 
 def test_non_finite_weights_are_refused_for_resume_and_export(tmp_path):
-    from imgclf.deploy.checkpoint import load_checkpoint
+    from imgclf.deploy.from_checkpoint import load_checkpoint
 
     model = ImageClassifier()
     with torch.no_grad():

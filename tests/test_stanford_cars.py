@@ -13,9 +13,9 @@ from conftest import REPO
 from image_files import CAR_COLOURS, annotation_struct, write_stanford_cars
 from PIL import Image
 
-from imgclf.data import ImageDataModule
+from imgclf.data.datamodule import ImageDataModule
 from imgclf.data.decode import padded_box
-from imgclf.data.files import SplitOptions
+from imgclf.data.image_files import SplitOptions
 from imgclf.data.stanford_cars import read_stanford_cars
 from imgclf.data.transforms import decode_rgb
 from imgclf.errors import UserError

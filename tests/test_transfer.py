@@ -11,7 +11,7 @@ import torchvision
 from conftest import REPO, quiet_trainer
 from image_files import write_colour_folder
 
-from imgclf.data import ImageDataModule
+from imgclf.data.datamodule import ImageDataModule
 from imgclf.errors import UserError
 from imgclf.model.backbones import BACKBONES, load_pretrained
 from imgclf.model.classifier import ImageClassifier

@@ -19,7 +19,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader
 
 from imgclf.data.cache import build_cache, open_cache
-from imgclf.data.files import ImageFile, ImageFileDataset
+from imgclf.data.image_files import ImageFile, ImageFileDataset
 from imgclf.data.transforms import train_view
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imgclf.bench.dataloader_throughput import write_jpegs
 from imgclf.data.decode import decode_image
-from imgclf.data.files import find_bad_images
+from imgclf.data.image_files import find_bad_images
 
 
 def main() -> None:

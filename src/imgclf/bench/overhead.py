@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.bench.pipeline import build
-from imgclf.data import ImageArrays
+from imgclf.data.readers import ImageArrays
 
 
 def _now(device: torch.device) -> float:

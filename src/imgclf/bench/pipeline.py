@@ -14,7 +14,8 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import instantiate_class
 
 from imgclf.bench.curve import Curve
-from imgclf.data import ImageArrays, ImageDataModule
+from imgclf.data.datamodule import ImageDataModule
+from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
 from imgclf.train.run import DATA_TO_MODEL

@@ -13,7 +13,7 @@ from imgclf.bench.baseline import run_baseline
 from imgclf.bench.curve import Curve
 from imgclf.bench.overhead import measure_overhead
 from imgclf.bench.pipeline import load_config, run_pipeline
-from imgclf.data import get_dataset
+from imgclf.data.catalog import get_dataset
 
 THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 TINY_LIMIT = (2048, 1000)  # train, test images in --tiny mode

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from imgclf.data.decode import DECODER_VERSION
-from imgclf.data.files import ImageFile, ImageFileDataset, drop_bad_images
+from imgclf.data.image_files import ImageFile, ImageFileDataset, drop_bad_images
 from imgclf.data.transforms import base_size
 from imgclf.errors import UserError
 

@@ -1,6 +1,6 @@
 """What the project knows about each dataset: classes, normalization, augmentation, where its files live.
 
-Lookup order for files (see DESIGN.md): the data folder, then torchvision's download where the dataset
+Lookup order for files: the data folder, then torchvision's download where the dataset
 allows it, then a `UserError` naming the `dvc pull` to run.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.data import folders, readers, stanford_cars
-from imgclf.data.files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SplitOptions
+from imgclf.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SplitOptions
 from imgclf.data.readers import DEBIAN_FASHION_MNIST, ImageArrays
 from imgclf.errors import UserError
 from imgclf.model.augment import AugmentPolicy

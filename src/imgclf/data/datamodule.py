@@ -10,9 +10,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from imgclf.data.catalog import get_dataset
 from imgclf.data.class_counts import check_class_counts
-from imgclf.data.file_data import FileData
-from imgclf.data.files import SplitOptions
-from imgclf.data.loaders import InMemoryBatches
+from imgclf.data.file_loaders import FileData
+from imgclf.data.image_files import SplitOptions
+from imgclf.data.memory_loaders import InMemoryBatches
 from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
 from imgclf.train.distributed import per_device_batch_size
@@ -31,7 +31,8 @@ class ImageDataModule(L.LightningDataModule):
     """Image classification data, chosen by name.
 
     Args:
-        dataset: digits (bundled with scikit-learn, offline), fashion_mnist or cifar10.
+        dataset: digits (bundled with scikit-learn, offline), fashion_mnist, cifar10 (held in memory), or
+            stanford_cars, folder (image files, decoded in DataLoader workers); see data/catalog.py.
         root: folder holding the dataset's files; default data/<dataset> (Fashion-MNIST also looks in
             /usr/share/datasets/fashion-mnist, where Debian's dataset-fashion-mnist puts it).
         batch_size: training batch size per device (under DDP the global batch is this times the devices).
@@ -50,7 +51,7 @@ class ImageDataModule(L.LightningDataModule):
         box_padding: grow the box by this share of its width/height on each side before cropping.
         skip_bad_images: leave out (and count) image files that fail to decode, instead of stopping.
         test_fraction: share held out for testing where an image folder has no test/ split.
-        cache_dir: read pre-resized images from this cache (written by imgclf.train.cache_images) instead of decoding.
+        cache_dir: read pre-resized images from this cache (written by imgclf.train.cache_images), not decoding.
     """
 
     def __init__(
@@ -87,7 +88,7 @@ class ImageDataModule(L.LightningDataModule):
         self.shuffle_seed = 0
         self.splits: dict[str, ImageArrays] = {}
         self.file_data: FileData | None = None
-        if self.spec.list_files is not None:  # large images: decoded in DataLoader workers (file_data.py)
+        if self.spec.list_files is not None:  # large images: decoded in DataLoader workers (file_loaders.py)
             options = SplitOptions(val_fraction, test_fraction, split_seed)
             self.file_data = FileData(self.spec, self.root, options, input_size, num_workers, crop_to_box,
                                       box_padding, skip_bad_images, cache_dir)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from imgclf.data.decode import IMAGE_SUFFIXES, images_in
-from imgclf.data.files import ImageFile, ImageFiles, SplitOptions, stratified_split
+from imgclf.data.image_files import ImageFile, ImageFiles, SplitOptions, stratified_split
 from imgclf.errors import UserError
 
 SPLITS = ("train", "val", "test")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.data.files import ImageFile, ImageFiles, SplitOptions, stratified_split
+from imgclf.data.image_files import ImageFile, ImageFiles, SplitOptions, stratified_split
 from imgclf.errors import UserError
 
 META = "devkit/cars_meta.mat"

@@ -18,7 +18,7 @@ import yaml
 from torchmetrics.classification import MulticlassAccuracy, MulticlassCalibrationError, MulticlassConfusionMatrix
 
 from imgclf.atomic import write_text
-from imgclf.deploy.checkpoint import Checkpoint
+from imgclf.deploy.from_checkpoint import Checkpoint
 from imgclf.deploy.metadata import ModelMetadata
 from imgclf.train.artifacts import save_confusion_matrix
 

@@ -29,8 +29,8 @@ from imgclf.atomic import atomic_path, storage_error
 from imgclf.data import transforms
 from imgclf.data.catalog import DATASETS
 from imgclf.deploy.card import card_fields
-from imgclf.deploy.checkpoint import Checkpoint, load_checkpoint
 from imgclf.deploy.compat import DEFAULT_OPSET, OLDEST_OPSET, minimum_onnxruntime
+from imgclf.deploy.from_checkpoint import Checkpoint, load_checkpoint
 from imgclf.deploy.metadata import INPUT_DESCRIPTION, INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from imgclf.errors import UserError
 

@@ -21,8 +21,8 @@ from torch.utils.data import Subset
 from imgclf.atomic import write_text
 from imgclf.data.datamodule import ImageDataModule
 from imgclf.deploy.card import evaluation_figures, write_model_card
-from imgclf.deploy.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, file_sha256, load_checkpoint
 from imgclf.deploy.export import weights_sha256
+from imgclf.deploy.from_checkpoint import DEFAULT_CHECKPOINT, Checkpoint, file_sha256, load_checkpoint
 from imgclf.deploy.latency import format_latency, latency_table, timing_session
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
 from imgclf.deploy.predictor import open_session, run_onnx

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from imgclf.data.decode import decode_image
-from imgclf.data.files import ImageFileDataset
+from imgclf.data.image_files import ImageFileDataset
 from imgclf.eda.splits import Split, model_input
 
 

@@ -11,8 +11,9 @@ import torch
 import yaml
 from torch.utils.data import DataLoader, Subset
 
-from imgclf.data import ImageArrays, ImageDataModule
-from imgclf.data.files import BAD_LABEL, ImageFileDataset
+from imgclf.data.datamodule import ImageDataModule
+from imgclf.data.image_files import BAD_LABEL, ImageFileDataset
+from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
 
 Split = ImageArrays | ImageFileDataset

@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from imgclf.data.files import ImageFileDataset
+from imgclf.data.image_files import ImageFileDataset
 from imgclf.eda.splits import Split, is_file_dataset
 
 NORMALIZATION_TOLERANCE = 0.01  # on the 0-1 scale; the catalog's constants are rounded to 4 decimals

@@ -174,9 +174,6 @@ class ImageClassifier(L.LightningModule):
                                 f"{self.hparams.num_classes} classes, {self.hparams.in_channels} channels): "
                                 f"{differs}")
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self(batch[0]).softmax(dim=-1)
-
     def configure_optimizers(self):
         optimizer, scheduler = self.optimizer_and_scheduler(int(self.trainer.estimated_stepping_batches))
         if scheduler is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from imgclf.data import ImageDataModule
+from imgclf.data.datamodule import ImageDataModule
 from imgclf.errors import UserError, exit_on_user_error
 from imgclf.model.classifier import ImageClassifier
 from imgclf.train.run import DEFAULT_CONFIG, ImageClassificationCLI

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from imgclf.atomic import is_storage_failure, storage_error
-from imgclf.data import ImageDataModule
+from imgclf.data.datamodule import ImageDataModule
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
 from imgclf.train.artifacts import RunArtifacts

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from imgclf.data import transforms
 from imgclf.data.cache import build_cache, open_cache
 from imgclf.data.catalog import DatasetSpec
-from imgclf.data.files import ImageFileDataset, SplitOptions, bad_images_message, drop_bad_images, find_bad_images
+from imgclf.data.image_files import ImageFileDataset, SplitOptions, bad_images_message, drop_bad_images, find_bad_images
 from imgclf.errors import UserError
 
 

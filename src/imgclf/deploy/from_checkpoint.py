@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.data import ImageDataModule
+from imgclf.data.datamodule import ImageDataModule
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
 from imgclf.model.weights import WeightsMisfit
