@@ -26,9 +26,9 @@ from lightning.pytorch.strategies import DDPStrategy
 from imgclf.data.datamodule import ImageDataModule
 from imgclf.data.memory_loaders import InMemoryBatches, shard_bounds
 from imgclf.data.readers import ImageArrays
+from imgclf.distributed import check_trainer, launcher_job_id, per_device_batch_size, with_timeout
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
-from imgclf.train.distributed import check_trainer, launcher_job_id, per_device_batch_size, with_timeout
 from imgclf.train.run import RUN_DIR_ENV, new_run_dir
 
 TESTS = Path(__file__).resolve().parent

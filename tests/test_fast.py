@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from conftest import REPO
 
+from imgclf.data.augment import AugmentPolicy, crop_at, random_flip, random_translate, tta_logits
 from imgclf.data.datamodule import ImageDataModule
-from imgclf.model.augment import AugmentPolicy, crop_at, random_flip, random_translate, tta_logits
 from imgclf.model.classifier import ImageClassifier
 from imgclf.model.networks import Whitening
 from imgclf.train.run import main

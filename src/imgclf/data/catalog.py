@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgclf.data import folders, readers, stanford_cars
+from imgclf.data.augment import AugmentPolicy
 from imgclf.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SplitOptions
 from imgclf.data.readers import DEBIAN_FASHION_MNIST, ImageArrays
 from imgclf.errors import UserError
-from imgclf.model.augment import AugmentPolicy
 
 
 @dataclass(frozen=True)

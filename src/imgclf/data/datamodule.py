@@ -14,8 +14,8 @@ from imgclf.data.file_loaders import FileData
 from imgclf.data.image_files import SplitOptions
 from imgclf.data.memory_loaders import InMemoryBatches
 from imgclf.data.readers import ImageArrays
+from imgclf.distributed import per_device_batch_size
 from imgclf.errors import UserError
-from imgclf.train.distributed import per_device_batch_size
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,8 +12,8 @@ from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
+from imgclf.data.augment import tta_logits
 from imgclf.errors import UserError
-from imgclf.model.augment import tta_logits
 from imgclf.model.backbones import load_pretrained
 from imgclf.model.finetune import drop_backbone_grads, parameter_groups
 from imgclf.model.networks import PixelNormalize, build_network

@@ -17,11 +17,11 @@ from lightning.pytorch.cli import LightningCLI
 
 from imgclf.atomic import is_storage_failure, storage_error
 from imgclf.data.datamodule import ImageDataModule
+from imgclf.distributed import check_trainer, with_timeout
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
 from imgclf.train.artifacts import RunArtifacts
 from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
-from imgclf.train.distributed import check_trainer, with_timeout
 from imgclf.train.divergence import DivergenceGuard
 from imgclf.train.run_folder import (
     RUN_DIR_ENV,

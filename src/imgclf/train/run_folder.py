@@ -13,8 +13,8 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import SaveConfigCallback
 
 from imgclf.atomic import storage_error, write_text
+from imgclf.distributed import launcher_job_id
 from imgclf.errors import UserError
-from imgclf.train.distributed import launcher_job_id
 from imgclf.train.tracking import dvclive_logger_config
 
 RUN_DIR_ENV = "IMGCLF_RUN_DIR"  # DDP's re-launched ranks inherit it, so every rank names the same folder
