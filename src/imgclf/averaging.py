@@ -6,7 +6,11 @@ last high-learning-rate steps, which a short run has no time to anneal away.
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning as L
 from lightning.pytorch.callbacks import WeightAveraging
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.optim.swa_utils import get_ema_multi_avg_fn
 
 
@@ -29,3 +33,17 @@ class EMAWeightAveraging(WeightAveraging):
 
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # The average belongs to one fit. Kept after it, a later validate() would swap these stale weights in.
+        if stage == TrainerFn.FITTING:
+            self._average_model = None
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        # Only resuming a fit needs the raw weights back (training continues from them). Testing, validating or
+        # predicting must keep what the module just loaded from checkpoint["state_dict"]: the average, the
+        # weights that are saved and exported. Lightning's own hook restores the raw weights whenever an
+        # average model exists, so trainer.test(ckpt_path="best") after fit scored other weights.
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
