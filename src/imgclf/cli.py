@@ -93,10 +93,10 @@ class ImageClassificationCLI(LightningCLI):
                                    config.run_name)
         config.trainer.default_root_dir = str(self.run_dir)
         if config.trainer.logger in (None, True):
-            config.trainer.logger = [{
-                "class_path": "lightning.pytorch.loggers.CSVLogger",
-                "init_args": {"save_dir": str(self.run_dir), "name": "", "version": ""},
-            }, dvclive_logger_config(self.run_dir)]  # DVCLive feeds `dvc exp show` / `dvc plots`
+            csv = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                   "init_args": {"save_dir": str(self.run_dir), "name": "", "version": ""}}
+            dvclive = dvclive_logger_config(self.run_dir)  # DVCLive feeds `dvc exp show` / `dvc plots`
+            config.trainer.logger = [csv, dvclive] if dvclive else [csv]
 
     def instantiate_trainer(self, **kwargs):
         self.checkpoint = ModelCheckpoint(
