@@ -45,7 +45,7 @@ def run_recipe(opts: RecipeOptions) -> dict:
     for seed in opts.seeds:
         load_before = os.getloadavg()
         run_dir = main(["--config", str(opts.config), "--seed_everything", str(seed), "--runs_dir", str(runs_dir),
-                        "--run_name", f"seed{seed}", "--trainer.enable_progress_bar", "false", *extra],
+                        "--run_name", f"seed{seed}", *extra],
                        default_config=REPO / "configs" / "default.yaml")
         metrics = json.loads((run_dir / "metrics.json").read_text())
         runs.append({"seed": seed, "test_acc": metrics["test/acc"], "fit_seconds": metrics["fit_seconds"],
