@@ -44,12 +44,13 @@ from imgclf.model import ImageClassifier  # noqa: E402
 CONFIG = REPO / "configs" / "fast_fashion_mnist.yaml"
 SEEDS = (0, 1, 2)
 TARGET = 0.94
+SMOKE_TEST_BATCHES = 2
 # --smoke: every step on the CPU with the narrow network and a few batches, to check the script itself.
 SMOKE_MAIN_ARGS = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.benchmark", "false",
                    "--model.network", "airbench_small", "--model.channels_last", "false",
                    "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
                    "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
-                   "--trainer.limit_test_batches", "2"]
+                   "--trainer.limit_test_batches", str(SMOKE_TEST_BATCHES)]
 
 
 def smoke_config(config: dict) -> dict:
@@ -125,12 +126,12 @@ def seeds_to_target(config: dict, seeds: tuple[int, ...], budget_seconds: float)
     return rows
 
 
-def evaluate_checkpoint(ckpt: Path, accelerator: str) -> dict[str, float]:
+def evaluate_checkpoint(ckpt: Path, accelerator: str, limit_test_batches: int | None) -> dict[str, float]:
     """Test metrics of the weights in `ckpt`, in a Trainer of its own with no callbacks."""
     model = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
     data = ImageDataModule.load_from_checkpoint(ckpt, map_location="cpu")
     trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+                        enable_progress_bar=False, enable_model_summary=False, limit_test_batches=limit_test_batches)
     return {k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()}
 
 
@@ -155,10 +156,12 @@ def main_runs(env: dict[str, str], out: Path, smoke: bool) -> dict:
     return results
 
 
-def saved_weights_check(out: Path, accelerator: str) -> dict:
+def saved_weights_check(out: Path, smoke: bool) -> dict:
     run_dir = out / "runs" / "plain"
     written = json.loads((run_dir / "metrics.json").read_text())
-    separate = evaluate_checkpoint(run_dir / "best.ckpt", accelerator)
+    # the same test images as the run: all of them, or the smoke run's first batches
+    separate = evaluate_checkpoint(run_dir / "best.ckpt", "cpu" if smoke else "gpu",
+                                   SMOKE_TEST_BATCHES if smoke else None)
     diffs = {k: abs(written[k] - separate[k]) for k in ("test/acc", "test/loss")}
     return {"metrics_json": written, "separate_evaluation": separate, "abs_diff": diffs,
             "passed": diffs["test/acc"] <= 1e-4 and diffs["test/loss"] <= 1e-3}
@@ -184,7 +187,6 @@ def main() -> None:
     config = load_config(CONFIG)
     if args.smoke:
         config = smoke_config(config)
-    accelerator = "cpu" if args.smoke else "gpu"
     results: dict = {"smoke": args.smoke, "torch": torch.__version__,
                      "device": "cpu" if args.smoke else torch.cuda.get_device_name()}
     print("1. check_env.py")
@@ -198,7 +200,7 @@ def main() -> None:
     print("4. main.py: plain, compile, ddp")
     results["main"] = main_runs(env, out, args.smoke)
     print("5. metrics.json vs best.ckpt")
-    results["saved_weights"] = saved_weights_check(out, accelerator)
+    results["saved_weights"] = saved_weights_check(out, args.smoke)
     print("6. export + verify")
     results["onnx"] = export_and_verify(env, out)
     results["note"] = "Multi-GPU DDP is unverified on hardware: this machine has one GPU."
