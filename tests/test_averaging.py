@@ -55,6 +55,20 @@ def test_average_is_the_ema_of_the_chosen_steps_on_the_module_device(tmp_path):
     assert torch.allclose(model.layer.weight, expected, atol=1e-6)  # fit ends with the averaged weights
 
 
+def test_a_run_shorter_than_start_step_keeps_its_trained_weights(tmp_path):
+    ema = EMAWeightAveraging(decay=0.5, start_step=100)  # never reached in 4 steps
+    recorder = Recorder(ema)
+    model = BoringModel()
+    initial = model.layer.weight.detach().clone()
+    trainer = L.Trainer(max_steps=4, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        callbacks=[recorder, ema], default_root_dir=tmp_path)
+    trainer.fit(model)
+    assert not torch.allclose(recorder.weights[-1], initial)
+    # Without an update the average would hold the initial weights and replace the trained ones at the end.
+    assert torch.equal(model.layer.weight, recorder.weights[-1])
+
+
 def evaluate_checkpoint(ckpt: Path) -> dict[str, float]:
     """Test metrics of the weights stored in `ckpt`, in a Trainer of its own (no callbacks)."""
     model = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")

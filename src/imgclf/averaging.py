@@ -34,6 +34,28 @@ class EMAWeightAveraging(WeightAveraging):
     def should_update(self, step_idx: int | None = None, epoch_idx: int | None = None) -> bool:
         return step_idx is not None and step_idx >= self.start_step and step_idx % self.every_n_steps == 0
 
+    def _follow_until_started(self, pl_module: L.LightningModule) -> None:
+        """Until its first update the average holds the initial weights: make it hold the current ones, so that
+        validation, checkpoints and the final weights of a run shorter than `start_step` are the trained weights.
+        Called only at validation, checkpoints and the end of fit: reading n_averaged syncs with the GPU."""
+        average = self._average_model
+        if average is not None and int(average.n_averaged) == 0:
+            average.update_parameters(pl_module)  # the first update copies the weights
+            average.n_averaged.zero_()  # and the first real update copies them again
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._follow_until_started(pl_module)
+        super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        self._follow_until_started(pl_module)
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._follow_until_started(pl_module)
+        super().on_train_end(trainer, pl_module)
+
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # The average belongs to one fit. Kept after it, a later validate() would swap these stale weights in.
         if stage == TrainerFn.FITTING:
