@@ -18,7 +18,7 @@ if __name__ == "__main__":
     parser.add_argument("--config", type=Path, default=RecipeOptions.config, help="main.py config to measure")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seed_everything values")
     parser.add_argument("--runs-dir", type=Path, help="parent of the seeds' run folders (default runs/recipes-<time>)")
-    parser.add_argument("--smoke", action="store_true", help="12 batches of one epoch per seed, 2 test batches")
+    parser.add_argument("--smoke", action="store_true", help="20 batches of one epoch per seed, 2 test batches")
     parser.add_argument("main_args", nargs="*", help="after --: extra main.py arguments")
     args = parser.parse_args()
     try:

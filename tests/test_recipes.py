@@ -19,7 +19,7 @@ def test_fashion_mnist_recipe_learns_on_a_slice_and_the_benchmark_reports_seeds(
                                        extra_args=["--data.root", str(fashion_mnist_real),
                                                    "--data.eval_batch_size", "250"], runs_dir=tmp_path))
     accs = [run["test_acc"] for run in results["runs"]]
-    # 12 steps of 256 images (a twentieth of an epoch), 500 test images: chance is 0.10.
+    # 20 steps of 256 images (a tenth of an epoch), 500 test images: chance is 0.10.
     assert min(accs) > 0.5, accs
     assert accs[0] != accs[1]  # the seed reaches the run: two seeds, two models
     assert results["test_acc"]["mean"] == pytest.approx(sum(accs) / 2)

@@ -18,9 +18,9 @@ from imgclf.atomic import write_json
 from imgclf.cli import main
 
 REPO = Path(__file__).resolve().parents[3]
-# A smoke run checks that the recipe loads, learns and tests: 12 batches of one epoch, 2 of the test split.
+# A smoke run checks that the recipe loads, learns and tests: 20 batches of one epoch, 2 of the test split.
 SMOKE_ARGS = ["--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
-              "--trainer.limit_train_batches", "12", "--trainer.limit_val_batches", "1",
+              "--trainer.limit_train_batches", "20", "--trainer.limit_val_batches", "1",
               "--trainer.limit_test_batches", "2"]
 
 
