@@ -67,6 +67,24 @@ def make_cifar10(root: Path, per_batch: int = 10, seed: int = 0) -> dict[str, di
 
 
 @pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """A small_cnn trained for 2 epochs on digits (seconds), shared by the deployment tests."""
+    from trained import train
+
+    return train(tmp_path_factory.mktemp("runs"), "--trainer.max_epochs", "2")
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(digits_run, tmp_path_factory) -> Path:
+    """digits_run exported by export.py's function at the default opset, as model.onnx."""
+    from imgclf.deploy.export import export
+
+    output = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    export(digits_run / "best.ckpt", output)
+    return output
+
+
+@pytest.fixture(scope="session")
 def fashion_mnist_real() -> Path:
     """Debian's real Fashion-MNIST (where the catalog looks for it); the test is skipped without it."""
     if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():

@@ -116,8 +116,7 @@ def test_run_dir_is_inherited_or_named_after_the_job(tmp_path: Path, monkeypatch
     monkeypatch.setenv("WORLD_SIZE", "2")
     run_dir = cli.new_run_dir(tmp_path, "digits", "small_cnn")
     assert run_dir == tmp_path / "torchrun-r1-digits-small_cnn"
-    monkeypatch.delenv(cli.RUN_DIR_ENV)
-    run_dir.mkdir()  # a job that reused the id of an earlier one
+    monkeypatch.delenv(cli.RUN_DIR_ENV)  # a job that reused the id of an earlier one (rank 0 made the folder)
     with pytest.raises(UserError, match="already exists"):
         cli.new_run_dir(tmp_path, "digits", "small_cnn")
 

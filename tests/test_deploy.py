@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import runpy
 import subprocess
 import sys
@@ -17,8 +16,8 @@ import torch
 from image_files import write_colour_folder
 from onnx import numpy_helper
 from PIL import Image
+from trained import train
 
-from imgclf.cli import RUN_DIR_ENV, main
 from imgclf.data import transforms
 from imgclf.data.catalog import DATASETS, DEBIAN_FASHION_MNIST
 from imgclf.data.readers import read_digits, read_fashion_mnist
@@ -30,19 +29,6 @@ from imgclf.deploy.verify import verify
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
-
-
-def train(runs_dir: Path, *args: str) -> Path:
-    """One tiny training run through the real CLI; returns its run folder."""
-    os.environ.pop(RUN_DIR_ENV, None)  # main() records its run folder here for DDP ranks: start afresh
-    saved, sys.argv = sys.argv, ["main.py"]  # LightningCLI warns when pytest's own arguments are present
-    try:
-        return main([*QUICK, *args, "--runs_dir", str(runs_dir)],
-                    default_config=REPO / "configs" / "default.yaml")
-    finally:
-        os.environ.pop(RUN_DIR_ENV, None)
-        sys.argv = saved
 
 
 def run_script(script: str, *args: str) -> int | str | None:
@@ -56,18 +42,6 @@ def run_script(script: str, *args: str) -> int | str | None:
     finally:
         sys.argv = saved
     return 0
-
-
-@pytest.fixture(scope="session")
-def digits_run(tmp_path_factory) -> Path:
-    return train(tmp_path_factory.mktemp("runs"), "--trainer.max_epochs", "2")
-
-
-@pytest.fixture(scope="session")
-def digits_onnx(digits_run, tmp_path_factory) -> Path:
-    output = tmp_path_factory.mktemp("onnx") / "model.onnx"
-    export(digits_run / "best.ckpt", output)
-    return output
 
 
 @pytest.fixture(scope="session")
@@ -191,8 +165,9 @@ def test_predict_classifies_fashion_mnist_pngs_like_pytorch_without_torch(fashio
     test = read_fashion_mnist(DEBIAN_FASHION_MNIST, train=False)
     images = test.images[:16]
     paths = []
-    for i, image in enumerate(images):
-        paths.append(tmp_path / f"test_{i:02d}.png")
+    (tmp_path / "folder" / "x_more").mkdir(parents=True)  # sorts after the test_*.png beside it
+    for i, image in enumerate(images):  # a folder stands for every image in it, at any depth, sorted
+        paths.append(tmp_path / "folder" / ("x_more" if i >= 8 else "") / f"test_{i:02d}.png")
         Image.fromarray(image[0].numpy()).save(paths[-1])
     rgb_big = tmp_path / "rgb_big.jpg"  # "any size, grayscale or RGB": must be read, not matched
     Image.fromarray(images[0, 0].numpy()).convert("RGB").resize((84, 84)).save(rgb_big)
@@ -200,7 +175,7 @@ def test_predict_classifies_fashion_mnist_pngs_like_pytorch_without_torch(fashio
         expected = load_checkpoint(ckpt).model(images).argmax(1).tolist()
     assert len(set(expected)) >= 2, "the tiny model predicts one class only: the comparison would be weak"
 
-    argv = ["predict.py", *map(str, [*paths, rgb_big]), "--model", str(model), "--top-k", "3"]
+    argv = ["predict.py", str(tmp_path / "folder"), str(rgb_big), "--model", str(model), "--top-k", "3"]
     block_torch = ("import runpy, sys; sys.modules['torch'] = None; "  # any `import torch` now raises
                    f"sys.argv = {argv!r}; runpy.run_path('predict.py', run_name='__main__')")
     result = subprocess.run([sys.executable, "-c", block_torch], cwd=REPO, capture_output=True, text=True,
@@ -252,7 +227,7 @@ def test_verify_runs_on_image_file_test_splits(folder_model, tmp_path):
         code = run_script("verify_onnx.py", "--model", str(model), "--report", str(tmp_path / "r.json"))
     finally:
         broken.write_bytes(original)  # the folder is shared by the session's other tests
-    assert code.startswith("error: Cannot read image") and "green/1.jpg" in code
+    assert code.startswith("error: 1 image file(s) cannot be read") and "green/1.jpg" in code
 
 
 def test_predictor_preprocesses_image_files_as_evaluation_does(folder_model, tmp_path):

@@ -58,7 +58,7 @@ def test_run_onnx_runs_in_batches_and_keeps_the_order() -> None:
 def test_metadata_string_fields_survive_json_lookalike_values() -> None:
     """Every str field comes back as the same string, even one that would parse as JSON ("42", "null")."""
     values = dict(class_names=["a", "b"], image_size=[8, 8], in_channels=1, mean=[0.5], std=[0.25],
-                  base_size=9, test_metrics={"test/acc": 0.5})
+                  base_size=9, test_metrics={"test/acc": 0.5}, dataset_version={"md5": "0123.dir"})
     strings = [f.name for f in fields(ModelMetadata) if f.name not in values]
     values |= {name: ["42", "null", "[1]", '"quoted"'][i % 4] for i, name in enumerate(strings)}
     metadata = ModelMetadata(**values)

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from imgclf.data.catalog import DEBIAN_FASHION_MNIST
 from imgclf.errors import UserError
 from imgclf.storage import local_s3
 
@@ -74,8 +75,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
+    return copy_project(tmp_path_factory.mktemp("dvc") / "project")
+
+
+def copy_project(root: Path) -> Path:
     """A git repo holding the project's files (tracked and new, not ignored): a fresh clone's content."""
-    root = tmp_path_factory.mktemp("dvc") / "project"
     listed = run("git", "ls-files", "-co", "--exclude-standard", "-z", cwd=REPO).stdout.split("\0")
     for name in filter(None, listed):
         if (REPO / name).is_file():
@@ -158,6 +162,34 @@ def test_pull_fails_without_touching_local_files(project, server, published, tmp
         assert failed.returncode != 0
         assert "could not connect" in failed.stderr.lower(), failed.stderr
     assert md5s(work, ["data/fashion_mnist", "model.onnx"]) == before
+
+
+def readme_block(after: str) -> list[str]:
+    """The commands of the README's first code block after the line `after`."""
+    text = (REPO / "README.md").read_text()
+    block = text[text.index(after):].split("```", 2)[1]
+    return [line.split("#")[0].strip() for line in block.splitlines()[1:] if line.split("#")[0].strip()]
+
+
+@pytest.mark.skipif(not DEBIAN_FASHION_MNIST.is_dir(), reason="the pointer's files: Debian's Fashion-MNIST")
+def test_readme_local_s3_steps_publish_data_that_a_fresh_clone_pulls(tmp_path):
+    project = copy_project(tmp_path / "project")
+    shutil.copytree(DEBIAN_FASHION_MNIST, project / "data/fashion_mnist")
+    commands = readme_block("### A local S3 server")
+    assert any("dvc push" in c for c in commands) and commands[-1].endswith("local_s3 stop")
+    port = str(free_port())
+    try:
+        for command in commands[:-1]:  # all but the stop: the server must still serve the pull below
+            args = command.removeprefix("uv run ").split()
+            args += ["--port", port] if args[-1] == "start" else []
+            run(*args, cwd=project)  # `dvc` and `python` are the venv's (run puts its bin/ first on PATH)
+        fresh = clone(project, tmp_path / "fresh")
+        shutil.copy(project / ".dvc/config.local", fresh / ".dvc/config.local")  # the same server and keys
+        dvc("pull", "data/fashion_mnist.dvc", cwd=fresh)
+    finally:
+        local_s3.stop(project / local_s3.DEFAULT_DIR)
+    assert md5s(fresh, ["data/fashion_mnist"]) == md5s(project, ["data/fashion_mnist"])
+    assert len(md5s(fresh, ["data/fashion_mnist"])) == 4
 
 
 def test_start_finds_its_running_server_refuses_a_taken_port_and_stops_only_its_own(server, tmp_path):

@@ -170,6 +170,9 @@ def test_datasets_present_or_missing(tmp_path):
     ("['remote \"storage\"']\n    url = s3://bucket/imgclf\n", "WARN", "dvc remote default storage"),
     ("[core]\n    remote = storage\n['remote \"storage\"']\n    url = s3://bucket/imgclf\n", "PASS",
      "storage -> s3://bucket/imgclf"),
+    ((ROOT / ".dvc" / "config").read_text(), "WARN", "dvc remote modify storage url s3://<your-bucket>"),
+    ((ROOT / ".dvc" / "config").read_text() + "    endpointurl = http://127.0.0.1:8333\n", "PASS",
+     "storage -> s3://imgclf-dvc-example/imgclf at http://127.0.0.1:8333"),  # the local S3 server
 ])
 def test_dvc_remote(tmp_path, monkeypatch, config, status, expected):
     monkeypatch.setenv("HOME", str(tmp_path))  # keep the user's global DVC config out of it

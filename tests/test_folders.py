@@ -10,7 +10,7 @@ import torch
 from image_files import FASHION_MNIST, write_colour_folder, write_fashion_mnist_folder
 
 from imgclf.cli import RUN_DIR_ENV, main
-from imgclf.data import ImageDataModule
+from imgclf.data import ImageDataModule, cache
 from imgclf.data.cache import build_cache, open_cache
 from imgclf.data.files import SplitOptions
 from imgclf.data.folders import read_image_folder
@@ -81,25 +81,53 @@ def first_batch(dm: ImageDataModule, split: str):
     return next(iter(loader))
 
 
-def test_bad_image_is_named_or_skipped_with_a_count(tmp_path: Path) -> None:
+def test_broken_test_image_stops_setup_naming_it_or_is_skipped(tmp_path: Path) -> None:
+    write_colour_folder(tmp_path / "train", {"a": 4, "b": 4})
+    write_colour_folder(tmp_path / "test", {"a": 2, "b": 2})
+    bad = tmp_path / "test" / "b" / "1.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated: found only by decoding, never used in training
+    kwargs = dict(dataset="folder", root=str(tmp_path), val_fraction=0.25, input_size=16, num_workers=1)
+    with pytest.raises(UserError, match=rf"1 image file\(s\) cannot be read: {bad} \(OSError: [^)]*runcated.*"
+                                        rf"--data.skip_bad_images true"):
+        ImageDataModule(**kwargs).setup("fit")
+    dm = ImageDataModule(**kwargs, skip_bad_images=True)
+    with pytest.warns(UserWarning, match=rf"Leaving out unreadable images .*{bad}"):
+        dm.setup("fit")
+    assert len(dm.splits["test"]) == 3 and bad not in {f.path for f in dm.splits["test"].files}
+    assert dm.file_data.skipped == {bad}
+
+
+def test_image_broken_after_setup_is_named_or_skipped_with_a_count(tmp_path: Path) -> None:
+    """The DataLoader's own guard, for a file that passed the setup check but does not decode."""
     write_colour_folder(tmp_path, {"a": 4, "b": 4})
     bad = tmp_path / "b" / "1.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG")
     kwargs = dict(dataset="folder", root=str(tmp_path), val_fraction=0.0, test_fraction=0.0, batch_size=8,
                   input_size=16, num_workers=1)
     dm = ImageDataModule(**kwargs)
     dm.setup("fit")
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG")
     batch = first_batch(dm, "train")
     with pytest.raises(UserError, match=rf"Cannot read image {bad} \(.*\).*--data.skip_bad_images true"):
         dm.file_data.clean_batch(batch, dm.splits["train"])
+    bad.write_bytes((tmp_path / "b" / "0.jpg").read_bytes())
     dm = ImageDataModule(**kwargs, skip_bad_images=True)
     dm.setup("fit")
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG")
     with pytest.warns(UserWarning, match=rf"Skipping unreadable image {bad} .* 1 skipped so far"):
         images, labels = dm.file_data.clean_batch(first_batch(dm, "train"), dm.splits["train"])
     assert images.shape == (7, 3, 16, 16) and len(labels) == 7 and dm.file_data.skipped == {bad}
 
 
-def test_cache_matches_decoding_and_goes_stale(tmp_path: Path) -> None:
+def test_class_with_a_single_image_is_warned_about(tmp_path: Path) -> None:
+    write_colour_folder(tmp_path, {"a": 10, "b": 10, "solo": 1})
+    dm = ImageDataModule(dataset="folder", root=str(tmp_path), val_fraction=0.2, test_fraction=0.2,
+                         input_size=16, num_workers=0)
+    with pytest.warns(UserWarning, match=r"1 class\(es\) have no image in the val or test split.*"
+                                         r"'solo' \(train 1, val 0, test 0\).*f1_macro"):
+        dm.setup("fit")
+
+
+def test_cache_matches_decoding_and_goes_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = write_colour_folder(tmp_path / "images", {"a": 3, "b": 3}, size=(70, 50))
     cache_dir = tmp_path / "cache"
     kwargs = dict(dataset="folder", root=str(root), val_fraction=0.0, test_fraction=0.3, input_size=21,
@@ -121,6 +149,9 @@ def test_cache_matches_decoding_and_goes_stale(tmp_path: Path) -> None:
     build_cache(cache_dir, root, files, size, False, 0.1, skip_bad_images=False, num_workers=0)
     with pytest.raises(UserError, match="stale"):  # so do other settings
         open_cache(cache_dir, root, files, size + 7, False, 0.1)
+    monkeypatch.setattr(cache, "DECODER_VERSION", cache.DECODER_VERSION + 1)
+    with pytest.raises(UserError, match="stale"):  # and a decoder that gives other pixels
+        open_cache(cache_dir, root, files, size, False, 0.1)
 
 
 @pytest.mark.slow

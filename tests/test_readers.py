@@ -2,14 +2,16 @@
 
 import dataclasses
 import gzip
+import hashlib
 import pickle
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from conftest import make_cifar10, make_fashion_mnist, write_idx
 
-from imgclf.data import get_dataset
+from imgclf.data import get_dataset, readers
 from imgclf.data.readers import read_cifar10, read_digits, read_fashion_mnist, read_idx
 from imgclf.errors import UserError
 
@@ -122,3 +124,70 @@ def test_gzip_module_detects_truncation(tmp_path):
     path.write_bytes(gzip.compress(b"a" * 1000)[:-8])
     with pytest.raises(EOFError), gzip.open(path) as f:
         f.read()
+
+
+# ----------------------------------------------------------------------------- published checksums
+def copy_fashion_mnist_test_files(source, target):
+    target.mkdir()
+    for stem in readers.FASHION_MNIST_FILES[False]:
+        shutil.copy(source / f"{stem}.gz", target)
+    return target / "t10k-images-idx3-ubyte.gz"
+
+
+def test_real_fashion_mnist_matches_published_checksums(fashion_mnist_real):
+    test = read_fashion_mnist(fashion_mnist_real, False)  # Debian's re-compressed copies hold the published bytes
+    assert len(test) == 10_000
+
+
+@pytest.mark.parametrize(("offset", "error"), [(1000, "invalid distance"), (5000, "CRC check failed")])
+def test_byte_changed_inside_gz_names_file_and_restore_command(fashion_mnist_real, tmp_path, offset, error):
+    images = copy_fashion_mnist_test_files(fashion_mnist_real, tmp_path / "fashion_mnist")
+    raw = bytearray(images.read_bytes())
+    raw[offset] ^= 0xFF  # inside the deflate stream: zlib finds invalid data, or gzip's CRC-32 differs
+    images.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=rf"t10k-images-idx3-ubyte\.gz: .*{error}.*corrupt.*"
+                                        rf"delete it and run `dvc pull data/fashion_mnist\.dvc`"):
+        read_fashion_mnist(images.parent, False)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_altered_pixel_fails_published_md5(fashion_mnist_real, tmp_path, compress):
+    # A changed byte in an uncompressed file, or a re-compressed altered file, passes every structural check.
+    folder = tmp_path / "fm"
+    copy_fashion_mnist_test_files(fashion_mnist_real, folder)
+    images = folder / "t10k-images-idx3-ubyte.gz"
+    content = bytearray(gzip.decompress(images.read_bytes()))
+    content[16 + 123 * 784 + 400] ^= 0x01  # one pixel of image 123
+    images.unlink()
+    if compress:
+        images.write_bytes(gzip.compress(bytes(content), compresslevel=1))
+    else:
+        images.with_suffix("").write_bytes(bytes(content))
+    with pytest.raises(UserError, match=r"t10k-images-idx3-ubyte.*corrupt.*md5 .*published "
+                                        r"8181f5470baa50b63fa0f6fddb340f0a.*dvc pull data/fashion_mnist\.dvc"):
+        read_fashion_mnist(folder, False)
+
+
+def test_debian_copy_names_the_package_to_reinstall():
+    hint = readers.restore_hint(readers.DEBIAN_FASHION_MNIST / "t10k-images-idx3-ubyte.gz", "fashion_mnist")
+    assert "apt-get install --reinstall dataset-fashion-mnist" in hint
+
+
+def test_cifar10_checksums_are_torchvisions():
+    from torchvision.datasets import CIFAR10
+
+    assert readers.CIFAR10_MD5 == dict(CIFAR10.train_list + CIFAR10.test_list)
+
+
+def test_full_size_cifar10_batch_must_match_published_md5(tmp_path, monkeypatch):
+    make_cifar10(tmp_path, per_batch=4)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    batch = {"data": np.random.default_rng(0).integers(0, 256, (10_000, 3072), dtype=np.uint8),
+             "labels": [i % 10 for i in range(10_000)]}
+    path.write_bytes(pickle.dumps(batch))
+    with pytest.raises(UserError, match=r"test_batch is corrupt.*published 40351d587109b95175f43aff81a1287e"
+                                        r".*dvc pull data/cifar10\.dvc"):
+        read_cifar10(tmp_path, False)
+    # the same file passes once it is the published one (here: by making its md5 the published md5)
+    monkeypatch.setitem(readers.CIFAR10_MD5, "test_batch", hashlib.md5(path.read_bytes()).hexdigest())
+    assert len(read_cifar10(tmp_path, False)) == 10_000

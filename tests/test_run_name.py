@@ -10,8 +10,7 @@ def test_run_name_gives_a_fixed_folder_and_refuses_an_existing_one(tmp_path, mon
     monkeypatch.setenv(RUN_DIR_ENV, "")  # recorded, so teardown restores the variable new_run_dir sets
     monkeypatch.delenv(RUN_DIR_ENV)
     run_dir = new_run_dir(tmp_path, "digits", "small_cnn", run_name="train")
-    assert run_dir == tmp_path / "train" and not run_dir.exists()  # made only when training starts
-    run_dir.mkdir()
+    assert run_dir == tmp_path / "train" and run_dir.is_dir()  # claimed at once: no other run can take it
     (run_dir / "best.ckpt").write_bytes(b"weights")
     monkeypatch.delenv(RUN_DIR_ENV)  # a new process, as the next `python main.py` would be
     with pytest.raises(UserError, match="already exists"):

@@ -13,9 +13,10 @@ from image_files import CAR_COLOURS, annotation_struct, write_stanford_cars
 from PIL import Image
 
 from imgclf.data import ImageDataModule
+from imgclf.data.decode import padded_box
 from imgclf.data.files import SplitOptions
 from imgclf.data.stanford_cars import read_stanford_cars
-from imgclf.data.transforms import decode_rgb, padded_box
+from imgclf.data.transforms import decode_rgb
 from imgclf.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,10 +115,10 @@ def test_corrupt_mat_file(cars: Path) -> None:
 
 
 @pytest.mark.slow
-def test_corrupt_image_stops_training_naming_the_file(cars: Path, tmp_path: Path) -> None:
-    """End to end through main.py: exit status 1, the file named, no traceback."""
-    bad = cars / "stanford_cars/cars_train/00003.jpg"
-    bad.write_bytes(bad.read_bytes()[:400])  # truncated JPEG
+def test_corrupt_test_image_stops_the_run_before_training_naming_the_file(cars: Path, tmp_path: Path) -> None:
+    """End to end through main.py: exit status 1, the file named, no traceback, no checkpoint written."""
+    bad = cars / "stanford_cars/cars_test/00003.jpg"
+    bad.write_bytes(bad.read_bytes()[:400])  # truncated JPEG in the test split: used only after training
     args = ["--config", "configs/stanford_cars.yaml", "--data.root", str(cars), "--data.input_size", "32",
             "--data.num_workers", "1", "--data.val_fraction", "0.25", "--model.network", "small_cnn",
             "--model.weights", "null", "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
@@ -126,6 +127,7 @@ def test_corrupt_image_stops_training_naming_the_file(cars: Path, tmp_path: Path
     result = subprocess.run([sys.executable, "main.py", *args], cwd=REPO, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 1, result.stderr[-2000:]
-    assert f"error: Cannot read image {bad}" in result.stderr
+    assert f"error: 1 image file(s) cannot be read: {bad} (OSError: " in result.stderr
     assert "--data.skip_bad_images true" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "runs").rglob("*.ckpt"))  # stopped at setup, before any training

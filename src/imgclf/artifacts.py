@@ -1,12 +1,12 @@
 """What a run leaves for the user in its folder: metrics.json, confusion matrix (CSV + PNG), curves PNG.
 
-Written by a callback on global rank 0 only, so a DDP run writes each file once.
+Written by a callback on global rank 0 only, so a DDP run writes each file once, and each file beside its
+final name and renamed into place, so a crash or a full disk never leaves a truncated one.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import math
 import time
 from pathlib import Path
 
@@ -18,11 +18,21 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
+from imgclf.atomic import atomic_path, write_json  # noqa: E402
+from imgclf.run_folder import point_latest_at  # noqa: E402
+
+
+def _save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path, "plot") as temporary:
+        fig.savefig(temporary, dpi=100, format="png")  # the temporary name has no .png to infer it from
+    plt.close(fig)
+
 
 def save_confusion_matrix(confusion: torch.Tensor, class_names: list[str], folder: Path) -> None:
     frame = pd.DataFrame(confusion.numpy(), index=class_names, columns=class_names)
     frame.index.name = "true\\predicted"
-    frame.to_csv(folder / "confusion_matrix.csv")
+    with atomic_path(folder / "confusion_matrix.csv", "confusion matrix") as temporary:
+        frame.to_csv(temporary)
     n = len(class_names)
     size = min(max(5.0, 0.45 * n + 2), 20.0)  # 196 Stanford Cars classes still fit a readable page
     fig, ax = plt.subplots(figsize=(size, size))
@@ -38,8 +48,7 @@ def save_confusion_matrix(confusion: torch.Tensor, class_names: list[str], folde
             ax.text(j, i, str(count), ha="center", va="center", fontsize=8,
                     color="white" if count > threshold else "black")
     fig.tight_layout()
-    fig.savefig(folder / "confusion_matrix.png", dpi=100)
-    plt.close(fig)
+    _save_figure(fig, folder / "confusion_matrix.png")
 
 
 def save_training_curves(metrics_csv: Path, out: Path) -> None:
@@ -59,33 +68,35 @@ def save_training_curves(metrics_csv: Path, out: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save_figure(fig, out)
 
 
-def point_latest_at(run_dir: Path) -> None:
-    latest = run_dir.parent / "latest"
-    tmp = run_dir.parent / f".latest-{os.getpid()}"
-    tmp.symlink_to(run_dir.name)
-    tmp.replace(latest)  # atomic: runs/latest never dangles or vanishes
+def finite_or_none(value: float) -> float | None:
+    """JSON has no NaN: a diverged metric is written as null, so every parser still reads the file."""
+    return value if math.isfinite(value) else None
 
 
 class RunArtifacts(L.Callback):
-    """Creates the run folder when training starts and writes the run's artifacts into it at the end of
-    testing (global rank 0 only)."""
+    """Points runs/latest at the run once it has completed an epoch, and writes the run's artifacts into its
+    folder at the end of testing (global rank 0 only)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = Path(folder)
         self.fit_seconds: float | None = None
         self._fit_start = 0.0
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit" and trainer.is_global_zero:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            point_latest_at(self.folder)
+        self._latest_moved = False
+        self.training_started = False  # False: the run was refused during setup and its folder holds no work
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = time.perf_counter()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.training_started = True
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero and not self._latest_moved:  # a run that trained: not a refused or empty one
+            point_latest_at(self.folder)
+            self._latest_moved = True
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fit_seconds = time.perf_counter() - self._fit_start
@@ -93,10 +104,10 @@ class RunArtifacts(L.Callback):
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
+        metrics = {k: finite_or_none(float(v)) for k, v in trainer.callback_metrics.items() if k.startswith("test/")}
         if self.fit_seconds is not None:
             metrics["fit_seconds"] = round(self.fit_seconds, 3)
-        (self.folder / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_json(self.folder / "metrics.json", metrics, "test metrics")
         if getattr(pl_module, "test_confusion", None) is not None:
             save_confusion_matrix(pl_module.test_confusion, pl_module.class_names, self.folder)
         if (self.folder / "metrics.csv").is_file():

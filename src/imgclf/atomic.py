@@ -12,7 +12,7 @@ import errno
 import json
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from imgclf.errors import UserError
@@ -26,6 +26,11 @@ _STORAGE_HINTS = {
 }
 
 
+def is_storage_failure(error: OSError) -> bool:
+    """Whether an OSError is the storage's fault (full, read-only, no permission), not the program's."""
+    return error.errno in _STORAGE_HINTS
+
+
 def storage_error(error: OSError, path: Path | str, what: str = "file") -> UserError:
     """A one-paragraph UserError for an OSError met while writing `path`."""
     hint = _STORAGE_HINTS.get(error.errno, "check that the folder exists and is writable")
@@ -35,6 +40,13 @@ def storage_error(error: OSError, path: Path | str, what: str = "file") -> UserE
 
 def _temporary_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def _discard(temporary: Path) -> None:
+    # A read-only filesystem refuses even to remove a file that was never created (EROFS, not ENOENT):
+    # that refusal must not replace the error being reported.
+    with suppress(OSError):
+        temporary.unlink(missing_ok=True)
 
 
 def _fsync(path: Path) -> None:
@@ -58,12 +70,12 @@ def atomic_path(path: Path | str, what: str = "file") -> Iterator[Path]:
         _fsync(temporary)
         os.replace(temporary, final)
     except OSError as e:
-        temporary.unlink(missing_ok=True)
+        _discard(temporary)
         if e.errno in _STORAGE_HINTS or isinstance(e, (FileNotFoundError, NotADirectoryError)):
             raise storage_error(e, final, what) from e
         raise
     except BaseException:
-        temporary.unlink(missing_ok=True)
+        _discard(temporary)
         raise
 
 

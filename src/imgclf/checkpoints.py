@@ -1,4 +1,5 @@
-"""Reading a Lightning checkpoint file, with one clear error for each usual mistake (missing, unreadable).
+"""Checkpoint files: reading them with one clear error per usual mistake, writing them atomically, and refusing
+ones that cannot be used (non-finite weights, a checkpoint of another run's data or network).
 
 Shared by training (`--ckpt_path`) and deployment (export.py, verify_onnx.py); each passes the sentence
 that tells its own user how to fix the mistake.
@@ -7,10 +8,16 @@ that tells its own user how to fix the mistake.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from imgclf.atomic import atomic_path
 from imgclf.errors import UserError
+
+# What must match between a checkpoint and the run that resumes it: the model's description of its data.
+RESUME_MUST_MATCH = ["network", "num_classes", "in_channels", "image_size", "class_names"]
 
 
 def read_checkpoint(path: str | Path, fix: str) -> dict:
@@ -22,3 +29,100 @@ def read_checkpoint(path: str | Path, fix: str) -> dict:
     except Exception as e:  # a truncated zip or a random file: torch raises many types
         raise UserError(f"Cannot read checkpoint {path} ({type(e).__name__}: {e}). It is corrupt or not a "
                         f"Lightning checkpoint. {fix}") from e
+
+
+def non_finite_weights(state_dict: dict[str, Any]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, value in state_dict.items()
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not value.isfinite().all()]
+
+
+def check_finite_weights(raw: dict, path: str | Path) -> None:
+    """Refuse a checkpoint whose weights hold NaN or infinity: a diverged run's, useless for anything."""
+    bad = non_finite_weights(raw.get("state_dict", {}))
+    if bad:
+        raise UserError(f"Checkpoint {path} holds non-finite weights (NaN or infinity in {len(bad)} tensors, e.g. "
+                        f"{bad[:3]}): the run that wrote it diverged. Retrain with a lower --model.lr and use that "
+                        f"run's best.ckpt.")
+
+
+def _as_list(value: object) -> object:
+    return list(value) if isinstance(value, tuple) else value  # a YAML round trip turns tuples into lists
+
+
+def _described(hparams: dict, dataset: object) -> str:
+    size = "x".join(str(s) for s in hparams.get("image_size") or [])
+    return (f"dataset {dataset!r}, network {hparams.get('network')!r}, {hparams.get('num_classes')} classes "
+            f"{hparams.get('class_names')}, {hparams.get('in_channels')}-channel {size} images")
+
+
+def check_resumable(path: str | Path, model: torch.nn.Module, dataset: str) -> dict:
+    """Refuse, before training starts, a checkpoint that is missing, unreadable, diverged, or of another run:
+    another dataset, class list, network or input shape, or weights that do not fit the network. Returns the
+    checkpoint's contents."""
+    raw = read_checkpoint(path, "Pass a .ckpt file written by a run (for example runs/latest/last.ckpt) "
+                                "to --ckpt_path.")
+    raw = raw if isinstance(raw, dict) else {}
+    check_finite_weights(raw, path)
+    saved = dict(raw.get("hyper_parameters") or {})
+    saved_dataset = (raw.get("datamodule_hyper_parameters") or {}).get("dataset", dataset)
+    current = {key: model.hparams.get(key) for key in RESUME_MUST_MATCH}
+    differs = [key for key in RESUME_MUST_MATCH if key in saved and _as_list(saved[key]) != _as_list(current[key])]
+    if differs or saved_dataset != dataset:
+        raise UserError(
+            f"Checkpoint {path} belongs to another run: it was trained on {_described(saved, saved_dataset)}, "
+            f"this run has {_described(current, dataset)}. A checkpoint resumes only the run it came from: resume "
+            f"with that run's config (--config <its run folder>/config.yaml), or start a new run without "
+            f"--ckpt_path."
+        )
+    state = raw.get("state_dict", {})
+    expected = model.state_dict()
+    wrong = [k for k, v in expected.items() if k not in state or state[k].shape != v.shape]
+    unexpected = [k for k in state if k not in expected]
+    if wrong or unexpected:
+        raise UserError(
+            f"Checkpoint {path} does not fit the network {model.hparams.network!r} with "
+            f"{model.hparams.num_classes} classes and {model.hparams.in_channels} input channels "
+            f"({len(wrong)} parameters missing or of another shape, e.g. {(wrong or unexpected)[:3]}). "
+            f"Use the config the checkpoint was trained with (its run folder holds config.yaml)."
+        )
+    return raw
+
+
+class _WriteErrorRecorder:
+    """A file that remembers the OSError of a failed write: torch's zip writer reports one (a full disk) only
+    as "RuntimeError: unexpected pos", which loses the reason."""
+
+    def __init__(self, file) -> None:
+        self.file = file
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's torch.save checkpointing, written beside the final name and renamed into place.
+
+    Lightning's own writer goes through an fsspec transaction that, on a local disk, moves a file from the
+    system's temporary folder (a copy across filesystems, not a rename): a SIGKILL or a full disk can then leave
+    a truncated best.ckpt or last.ckpt. Here the old file stays whole until the new one is, and a full disk
+    is reported as such (one UserError from imgclf.atomic).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        with atomic_path(path, "checkpoint") as temporary, open(temporary, "wb") as file:
+            recorder = _WriteErrorRecorder(file)
+            try:
+                torch.save(checkpoint, recorder)
+            except RuntimeError:
+                if recorder.error is not None:
+                    raise recorder.error from None
+                raise

@@ -2,82 +2,89 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import sys
-from datetime import datetime, timedelta
+import warnings
+from datetime import timedelta
 from pathlib import Path
 
-import torch
+from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 from imgclf.artifacts import RunArtifacts
-from imgclf.checkpoints import read_checkpoint
+from imgclf.atomic import is_storage_failure, storage_error
+from imgclf.checkpoints import AtomicCheckpointIO, check_resumable
 from imgclf.data import ImageDataModule
-from imgclf.distributed import check_trainer, launcher_job_id, with_timeout
+from imgclf.distributed import check_trainer, with_timeout
+from imgclf.divergence import DivergenceGuard
 from imgclf.errors import UserError
 from imgclf.model import ImageClassifier
-from imgclf.tracking import DVCLiveConfusionMatrix, dvclive_logger_config
+from imgclf.run_folder import (
+    RUN_DIR_ENV,
+    AtomicSaveConfig,
+    discard_untrained,
+    loggers_into,
+    new_run_dir,
+    remove_if_empty,
+    resume_command,
+)
+from imgclf.tracking import DVCLiveConfusionMatrix
 
-RUN_DIR_ENV = "IMGCLF_RUN_DIR"  # DDP's re-launched ranks inherit it, so every rank names the same folder
+__all__ = ["RUN_DIR_ENV", "ImageClassificationCLI", "main", "new_run_dir"]
+
 DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
+LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
 
 
-def new_run_dir(runs_dir: Path, dataset: str, network: str, run_name: str | None = None) -> Path:
-    """The name of a fresh folder runs/<time or job id>-<dataset>-<network> (or runs/<run_name>), the same
-    on every rank.
+class RunInterrupted(UserError):
+    """SIGINT (Ctrl-C) or SIGTERM stopped training; the message says how to resume."""
 
-    Only named here: `RunArtifacts` creates it when training starts, so a run refused for bad input
-    leaves no empty folder behind and runs/latest keeps pointing at the last real run. Ranks that Lightning
-    re-launches inherit the name through IMGCLF_RUN_DIR; ranks that torchrun or srun start independently
-    name it after the launcher's job id (their clocks can tick apart).
+
+def _no_litlogger_tip(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(LITLOGGER_TIP)
+
+
+def quiet_lightning() -> None:
+    """Silence notices a plain run would print although nothing is wrong, each matched narrowly.
+
+    Lightning advertises its cloud logger at every start, and its own loader code builds a torch pytree spec
+    that torch 2.15 deprecates (nothing of ours calls it). Both come from inside Lightning, so they are
+    filtered rather than fixed.
     """
-    if os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
-    if run_name:  # the same on every rank already: no launcher job id needed (torchrun may have none)
-        run_dir = runs_dir / run_name
-        if rank_zero_only.rank == 0 and run_dir.exists():  # a stable path, e.g. a DVC stage output
-            raise UserError(f"Run folder {run_dir} already exists and --run_name never overwrites a run. "
-                            f"Delete or rename it, or pick another --run_name.")
-    elif job_id := launcher_job_id():
-        run_dir = runs_dir / f"{job_id}-{dataset}-{network}"
-        if rank_zero_only.rank == 0 and run_dir.exists():
-            raise UserError(f"Run folder {run_dir} already exists: a job with the same id ran before. Start "
-                            f"the job with a new id (torchrun --rdzv-id, or a new SLURM job), or set "
-                            f"--runs_dir to another folder.")
-    else:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = runs_dir / f"{stamp}-{dataset}-{network}"
-        suffix = 1
-        while run_dir.exists():  # two runs started in the same second
-            suffix += 1
-            run_dir = runs_dir / f"{stamp}-{dataset}-{network}-{suffix}"
-    os.environ[RUN_DIR_ENV] = str(run_dir)
-    return run_dir
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_litlogger_tip)  # kept once per process
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
+                            r"lightning\.pytorch\.utilities\._pytree")
 
 
-def check_checkpoint(path: str, model: torch.nn.Module) -> None:
-    """Refuse a checkpoint that is missing, unreadable or of another network, before training starts."""
-    raw = read_checkpoint(path, "Pass a .ckpt file written by a run (for example runs/latest/last.ckpt) "
-                                "to --ckpt_path.")
-    state = raw.get("state_dict", {}) if isinstance(raw, dict) else {}
-    expected = model.state_dict()
-    wrong = [k for k, v in expected.items() if k not in state or state[k].shape != v.shape]
-    unexpected = [k for k in state if k not in expected]
-    if wrong or unexpected:
-        raise UserError(
-            f"Checkpoint {path} does not fit the network {model.hparams.network!r} with "
-            f"{model.hparams.num_classes} classes and {model.hparams.in_channels} input channels "
-            f"({len(wrong)} parameters missing or of another shape, e.g. {(wrong or unexpected)[:3]}). "
-            f"Use the config the checkpoint was trained with (its run folder holds config.yaml)."
-        )
+def quiet_about_own_folder(run_dir: Path) -> None:
+    """Lightning's checkpoint warnings that hold for other layouts, not for a fresh folder of this run's own.
+
+    The run folder holds config.yaml and the logs beside the checkpoints, so it is never empty when
+    checkpointing starts; and a resumed run's checkpoints go to a new folder on purpose, so Lightning's notice
+    that the checkpoint folder "has changed" is expected.
+    """
+    folder = re.escape(str(run_dir))
+    warnings.filterwarnings("ignore", f"Checkpoint directory {folder} exists and is not empty")
+    warnings.filterwarnings("ignore", f"The dirpath has changed from .* to '{folder}'")
+
+
+def with_atomic_checkpoints(plugins: object) -> list:
+    """The trainer's plugins, plus checkpoint files written atomically unless a CheckpointIO is configured."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, list) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
 
 
 class ImageClassificationCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="Resume training from this checkpoint (e.g. runs/latest/last.ckpt).")
+                            help="Resume training from this checkpoint (e.g. runs/latest/last.ckpt), into a new "
+                                 "run folder.")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of the run folders.")
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="Run folder name under runs_dir, instead of <time>-<dataset>-<network>.")
@@ -91,26 +98,29 @@ class ImageClassificationCLI(LightningCLI):
         config = self.config
         self.run_dir = new_run_dir(Path(config.runs_dir), config.data.dataset, config.model.network,
                                    config.run_name)
+        # Everything this run writes goes into its own folder, whatever a saved config.yaml names.
         config.trainer.default_root_dir = str(self.run_dir)
-        if config.trainer.logger in (None, True):
-            csv = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                   "init_args": {"save_dir": str(self.run_dir), "name": "", "version": ""}}
-            dvclive = dvclive_logger_config(self.run_dir)  # DVCLive feeds `dvc exp show` / `dvc plots`
-            config.trainer.logger = [csv, dvclive] if dvclive else [csv]
+        config.trainer.logger = loggers_into(config.trainer.logger, self.run_dir)
+        quiet_about_own_folder(self.run_dir)
 
     def instantiate_trainer(self, **kwargs):
-        self.checkpoint = ModelCheckpoint(
-            dirpath=self.run_dir, filename="best", monitor="val/acc", mode="max",
-            save_last=True, auto_insert_metric_name=False,
-        )
+        # best.ckpt by validation accuracy; last.ckpt every epoch from its own callback: Lightning 2.6's
+        # save_last only refreshes last.ckpt when a top-k checkpoint is saved at the same step, so with
+        # save_top_k=1 it stayed at the best epoch once validation stopped improving.
+        self.checkpoint = ModelCheckpoint(dirpath=self.run_dir, filename="best", monitor="val/acc", mode="max",
+                                          auto_insert_metric_name=False, enable_version_counter=False)
+        self.last_checkpoint = ModelCheckpoint(dirpath=self.run_dir, filename="last", monitor=None,
+                                               save_top_k=1, enable_version_counter=False)
         self.artifacts = RunArtifacts(self.run_dir)
         trainer_config = self.config_init.trainer
         configured = trainer_config.callbacks or []  # --trainer.callbacks: passing callbacks= replaces them
         configured = configured if isinstance(configured, list) else [configured]
+        guard = DivergenceGuard(check_every_n_steps=trainer_config.log_every_n_steps or 50)
         strategy = with_timeout(trainer_config.strategy, timedelta(seconds=self.config.ddp_timeout_s))
         trainer = super().instantiate_trainer(
-            callbacks=[*configured, self.checkpoint, self.artifacts, DVCLiveConfusionMatrix()],
-            strategy=strategy, **kwargs,
+            callbacks=[*configured, guard, self.checkpoint, self.last_checkpoint, self.artifacts,
+                       DVCLiveConfusionMatrix()],
+            plugins=with_atomic_checkpoints(trainer_config.plugins), strategy=strategy, **kwargs,
         )
         check_trainer(trainer, trainer_config.sync_batchnorm, self.datamodule.global_batch_size)
         return trainer
@@ -119,11 +129,31 @@ class ImageClassificationCLI(LightningCLI):
 def main(args: list[str] | None = None, default_config: Path | None = None) -> Path:
     """Fit, test with the best checkpoint, write the run's artifacts; returns the run folder."""
     inherited_run_dir = os.environ.get(RUN_DIR_ENV)
+    quiet_lightning()
     try:
         return fit_and_test(args, default_config)
+    except BaseException as e:
+        if rank_zero_only.rank == 0 and os.environ.get(RUN_DIR_ENV):
+            remove_if_empty(Path(os.environ[RUN_DIR_ENV]))  # refused while building the model, data or trainer
+        if isinstance(e, OSError) and is_storage_failure(e):  # a logger's or a library's own write
+            raise storage_error(e, e.filename or os.environ.get(RUN_DIR_ENV, "the run folder")) from e
+        raise
     finally:  # a later run in this process (tests, notebooks) must get a folder of its own
         if inherited_run_dir is None:
             os.environ.pop(RUN_DIR_ENV, None)
+
+
+def interrupt_message(cli: ImageClassificationCLI) -> str:
+    signal_name = "SIGTERM" if cli.trainer.received_sigterm else "SIGINT (Ctrl-C)"
+    run_dir = cli.run_dir
+    if not (run_dir / "last.ckpt").is_file():
+        return (f"Training was stopped by {signal_name} before it completed an epoch, so there is no checkpoint "
+                f"to resume; the test was skipped. Start it again with:\n"
+                f"  uv run python main.py --config {run_dir / 'config.yaml'}")
+    return (f"Training was stopped by {signal_name} after {cli.trainer.current_epoch} completed epochs; the test "
+            f"was skipped. {run_dir} keeps the logs and last.ckpt, the end of the last completed epoch (the "
+            f"unfinished epoch is trained again). Resume into a new run folder with:\n"
+            f"  {resume_command(run_dir, cli.config.run_name)}")
 
 
 def fit_and_test(args: list[str] | None, default_config: Path | None) -> Path:
@@ -133,17 +163,36 @@ def fit_and_test(args: list[str] | None, default_config: Path | None) -> Path:
         run=False,
         args=args,
         seed_everything_default=0,
-        save_config_kwargs={"config_filename": "config.yaml", "overwrite": True},
+        save_config_callback=AtomicSaveConfig,
+        save_config_kwargs={"config_filename": "config.yaml"},
         parser_kwargs={"default_config_files": [str(default_config)] if default_config else []},
     )
+    try:
+        return fit_then_test(cli)
+    except BaseException:
+        if rank_zero_only.rank == 0 and not cli.artifacts.training_started:
+            discard_untrained(cli.run_dir)  # a refused run leaves no folder
+        raise
+
+
+def fit_then_test(cli: ImageClassificationCLI) -> Path:
     ckpt_path = cli.config.ckpt_path
     if ckpt_path:
-        check_checkpoint(ckpt_path, cli.model)
+        resumed = check_resumable(ckpt_path, cli.model, cli.datamodule.hparams.dataset)
+        if cli.trainer.is_global_zero:
+            print(f"Resuming {ckpt_path} (saved at epoch {resumed.get('epoch')}, step {resumed.get('global_step')}) "
+                  f"in the new run folder {cli.run_dir}; its own folder is left as it was.", file=sys.stderr)
     has_val = cli.datamodule.val_fraction > 0
     if not has_val:  # nothing to rank checkpoints by: keep and test the last one
         cli.checkpoint.monitor = None
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if has_val else "last")
+    try:
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except SystemExit:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit) on SIGTERM
+        if not cli.trainer.interrupted:
+            raise
+        raise RunInterrupted(interrupt_message(cli)) from None
+    tested = cli.checkpoint if has_val else cli.last_checkpoint
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested.best_model_path)
     if cli.trainer.is_global_zero:
         print(f"\nRun folder: {cli.run_dir}  (also {cli.run_dir.parent / 'latest'})", file=sys.stderr)
     return cli.run_dir

@@ -16,8 +16,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from imgclf.cli import RUN_DIR_ENV
+from imgclf.atomic import atomic_path, write_text
 from imgclf.errors import UserError
+from imgclf.run_folder import RUN_DIR_ENV
 
 SEED_STUDY = [(0.001, 64), (0.01, 64), (0.001, 128)]  # (lr, batch size), as in the seed study
 
@@ -50,5 +51,6 @@ def run_grid(main_script: Path, extra_args: list[str], grid_dir: Path | None = N
 
 
 def write_results(table: pd.DataFrame, grid_dir: Path) -> None:
-    table.to_csv(grid_dir / "results.csv", index=False)
-    (grid_dir / "results.md").write_text(table.to_markdown(index=False) + "\n")
+    with atomic_path(grid_dir / "results.csv", "grid results") as temporary:
+        table.to_csv(temporary, index=False)
+    write_text(grid_dir / "results.md", table.to_markdown(index=False) + "\n", "grid results")

@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
@@ -18,6 +18,7 @@ from imgclf.distributed import broadcast_to_device
 from imgclf.errors import UserError
 from imgclf.finetune import drop_backbone_grads, parameter_groups
 from imgclf.networks import PixelNormalize, build_network
+from imgclf.schedule import one_cycle, replan_one_cycle
 
 
 def classification_metrics(num_classes: int, prefix: str) -> MetricCollection:
@@ -190,11 +191,15 @@ class ImageClassifier(L.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         if hp.schedule == "constant":
             return optimizer, None
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[group["lr"] for group in groups],  # per group: the backbone's may be lower
-            total_steps=total_steps, pct_start=hp.warmup_fraction,
-        )
-        return optimizer, scheduler
+        # max_lr per group: the backbone's may be lower
+        return optimizer, one_cycle(optimizer, [group["lr"] for group in groups], total_steps, hp.warmup_fraction)
+
+    def on_train_start(self) -> None:
+        # A resumed run's schedule comes from its checkpoint, planned for that run's number of steps.
+        for config in self.trainer.lr_scheduler_configs:
+            if isinstance(config.scheduler, OneCycleLR):
+                replan_one_cycle(config.scheduler, int(self.trainer.estimated_stepping_batches),
+                                 self.hparams.warmup_fraction)
 
     def network_module(self) -> nn.Module:
         """The whole inference path (normalization + network), as exported."""

@@ -1,16 +1,16 @@
 """Data: dataset readers (one per on-disk format), the catalog of datasets, and the LightningDataModule."""
 
-from imgclf.data.catalog import DATASETS, DatasetSpec, get_dataset
-from imgclf.data.readers import ImageArrays
-
 __all__ = ["DATASETS", "DatasetSpec", "ImageArrays", "ImageDataModule", "get_dataset"]
+
+_HOMES = {"DATASETS": "catalog", "DatasetSpec": "catalog", "get_dataset": "catalog", "ImageArrays": "readers",
+          "ImageDataModule": "datamodule"}
 
 
 def __getattr__(name: str):
-    # The DataModule imports Lightning (seconds): loaded on first use, so the catalog and readers stay quick
-    # to import for check_env.py's data check and other tools that only look at files.
-    if name == "ImageDataModule":
-        from imgclf.data.datamodule import ImageDataModule
+    # Loaded on first use: the DataModule imports Lightning (seconds) and the catalog imports torch, while
+    # check_env.py's data check needs only the catalog and the torch-free predictor only decode.py.
+    if name in _HOMES:
+        from importlib import import_module
 
-        return ImageDataModule
+        return getattr(import_module(f"imgclf.data.{_HOMES[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

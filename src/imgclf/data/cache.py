@@ -5,8 +5,8 @@
 
 It is a pipeline output (`cache_images.py`, a DVC stage), never written as a side effect of training. The
 fingerprint covers every file's path, size and modification time plus the settings that shape the stored
-pixels, so a changed, added or removed image, or another input size or box setting, makes it stale: training
-then refuses it and says how to rebuild it.
+pixels and decode.DECODER_VERSION, so a changed, added or removed image, another input size or box setting,
+or another decoder makes it stale: training then refuses it and says how to rebuild it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from imgclf.data.decode import DECODER_VERSION
 from imgclf.data.files import ImageFile, ImageFileDataset, drop_bad_images
 from imgclf.data.transforms import base_size
 from imgclf.errors import UserError
@@ -33,7 +34,7 @@ REBUILD = ("Build it with `uv run python cache_images.py --config <your config>`
 def fingerprint(root: Path, files: list[ImageFile], input_size: int, crop_to_box: bool,
                 box_padding: float) -> str:
     settings = {"side": base_size(input_size), "crop_to_box": crop_to_box,
-                "box_padding": box_padding if crop_to_box else 0}
+                "box_padding": box_padding if crop_to_box else 0, "decoder": DECODER_VERSION}
     digest = hashlib.sha256(json.dumps(settings).encode())
     for file in files:
         stat = file.path.stat()

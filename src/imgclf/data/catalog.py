@@ -13,10 +13,8 @@ from pathlib import Path
 from imgclf.augment import AugmentPolicy
 from imgclf.data import folders, readers, stanford_cars
 from imgclf.data.files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SplitOptions
-from imgclf.data.readers import ImageArrays
+from imgclf.data.readers import DEBIAN_FASHION_MNIST, ImageArrays
 from imgclf.errors import UserError
-
-DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")  # apt-get install dataset-fashion-mnist
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 
 from imgclf.data.catalog import get_dataset
+from imgclf.data.class_counts import check_class_counts
 from imgclf.data.file_data import FileData
 from imgclf.data.files import SplitOptions
 from imgclf.data.loaders import InMemoryBatches
@@ -130,7 +132,14 @@ class ImageDataModule(L.LightningDataModule):
             return
         if self.file_data is not None:
             self.splits = self.file_data.datasets()
-            return
+        else:
+            self.splits = self.read_in_memory()
+        warning = check_class_counts(self.class_names, {name: split.labels.tolist()
+                                                        for name, split in self.splits.items()})
+        if warning:
+            rank_zero_warn(warning)
+
+    def read_in_memory(self) -> dict[str, ImageArrays]:
         self.spec.fetch(self.root, download=False)  # a clear error if rank 0's download did not land
         full_train = self.spec.read(self.root, True)
         train_idx, val_idx = split_train_val(len(full_train), self.val_fraction, self.split_seed)
@@ -142,7 +151,7 @@ class ImageDataModule(L.LightningDataModule):
                                 f"{int(split.labels.max())}, but the dataset has {self.num_classes} classes.")
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         # Small datasets live on the training device as uint8: no host-to-device copy per step.
-        self.splits = {name: ImageArrays(s.images.to(device), s.labels.to(device)) for name, s in splits.items()}
+        return {name: ImageArrays(s.images.to(device), s.labels.to(device)) for name, s in splits.items()}
 
     def _batches(self, split: str, train: bool) -> InMemoryBatches:
         if self.file_data is not None:

@@ -13,12 +13,13 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
 from imgclf.data import transforms
 from imgclf.data.cache import build_cache, open_cache
 from imgclf.data.catalog import DatasetSpec
-from imgclf.data.files import ImageFileDataset, SplitOptions, drop_bad_images
+from imgclf.data.files import ImageFileDataset, SplitOptions, bad_images_message, drop_bad_images, find_bad_images
 from imgclf.errors import UserError
 
 
@@ -42,11 +43,25 @@ class FileData:
         self.skip_bad_images, self.skipped = skip_bad_images, set()
         self.cache_dir = Path(cache_dir) if cache_dir else None
 
+    def check_files(self) -> None:
+        """Stop on unreadable images now, not after training; with skip_bad_images, leave them out."""
+        bad = find_bad_images(self.files.all_files(), self.num_workers)
+        if not bad:
+            return
+        if not self.skip_bad_images:
+            raise UserError(f"{bad_images_message(bad)}. They are corrupt, truncated, too large or not images: "
+                            f"replace or delete them, or pass --data.skip_bad_images true to leave them out.")
+        rank_zero_warn(f"Leaving out unreadable images (--data.skip_bad_images): {bad_images_message(bad)}.")
+        self.files = self.files.without(set(bad))
+        self.skipped |= set(bad)
+
     def datasets(self) -> dict[str, ImageFileDataset]:
         cache = None
-        if self.cache_dir is not None:
+        if self.cache_dir is not None:  # the cache was built from decoded files and lists the unreadable ones
             cache = open_cache(self.cache_dir, self.root, self.files.all_files(), self.input_size,
                                self.crop_to_box, self.box_padding)
+        else:
+            self.check_files()
         train_view, eval_view = transforms.train_view(self.input_size), transforms.eval_view(self.input_size)
         return {
             split: ImageFileDataset(files, self.input_size, train_view if split == "train" else eval_view,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from imgclf.data.decode import IMAGE_SUFFIXES, images_in
 from imgclf.data.files import ImageFile, ImageFiles, SplitOptions, stratified_split
 from imgclf.errors import UserError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 SPLITS = ("train", "val", "test")
 LAYOUT_HINT = ("Put each class's images in its own folder: root/<class>/*.jpg, or root/train/<class>/... "
                "(with optional root/val/ and root/test/).")
@@ -21,11 +21,6 @@ LAYOUT_HINT = ("Put each class's images in its own folder: root/<class>/*.jpg, o
 def class_folders(folder: Path) -> list[Path]:
     """Sub-folders, sorted by name; hidden ones (.git, .ipynb_checkpoints) are not classes."""
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-
-
-def images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def read_class_folders(folder: Path, classes: list[str]) -> list[ImageFile]:

@@ -12,42 +12,21 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image
+
+from imgclf.data.decode import Box, decode_image
 
 if TYPE_CHECKING:
     from torchvision.transforms import v2
-
-Box = tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels, x2/y2 exclusive
-
 
 def base_size(input_size: int) -> int:
     """Side of the stored square image: 8/7 of the input (256 for 224), the margin random crops move in."""
     return round(input_size * 8 / 7)
 
 
-def padded_box(box: Box, padding: float, width: int, height: int) -> Box:
-    """`box` grown by `padding` times its width/height on each side, clipped to the image.
-
-    A tight box cuts off mirrors and bumper edges that tell car models apart; a little context helps.
-    """
-    x1, y1, x2, y2 = box
-    pad_x, pad_y = round((x2 - x1) * padding), round((y2 - y1) * padding)
-    return max(0, x1 - pad_x), max(0, y1 - pad_y), min(width, x2 + pad_x), min(height, y2 + pad_y)
-
-
 def decode_rgb(path: Path, box: Box | None = None, padding: float = 0.0) -> torch.Tensor:
-    """Decode any Pillow-readable image to uint8 RGB [3, H, W], cropped to the padded `box` when given.
-
-    Raises OSError/ValueError (and friends) for a corrupt or truncated file; callers decide what to do.
-    """
-    with Image.open(path) as image:
-        if box is not None:
-            # crop() decodes the whole image (it calls load()); cropping first only spares converting
-            # the pixels outside the box to RGB.
-            image = image.crop(padded_box(box, padding, image.width, image.height))
-        # crop() or else convert() forces the full decode, so a truncated file fails here (inside the
-        # worker), not later.
-        array = np.asarray(image.convert("RGB"))
+    """decode.decode_image as uint8 RGB [3, H, W]: the file decoded (EXIF orientation applied, 16 bits scaled),
+    cropped to the padded `box` when given. Raises for a corrupt, truncated or too large file."""
+    array = np.asarray(decode_image(path, "RGB", box, padding))
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgclf.checkpoints import read_checkpoint
+from imgclf.checkpoints import check_finite_weights, read_checkpoint
 from imgclf.data import ImageDataModule
 from imgclf.errors import UserError
 from imgclf.model import ImageClassifier
@@ -55,6 +55,7 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     if not isinstance(hparams, dict) or "network" not in hparams or "state_dict" not in raw:
         raise UserError(f"{path} is not a checkpoint of this project's ImageClassifier (no state_dict or "
                         f"model hyperparameters in it); pass a best.ckpt written by main.py.")
+    check_finite_weights(raw, path)
     try:
         model = ImageClassifier.load_from_checkpoint(path, map_location="cpu")
     except RuntimeError as e:  # load_state_dict: missing, unexpected or differently shaped weights

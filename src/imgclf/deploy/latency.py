@@ -15,13 +15,13 @@ from collections.abc import Callable
 import numpy as np
 import onnxruntime as ort
 
+from imgclf.deploy.predictor import session_options
+
 Runner = Callable[[np.ndarray], object]  # runs a float32 [N, C, H, W] batch to completion
 
 
 def timing_session(model_path: str, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = options.inter_op_num_threads = threads
-    return ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model_path, session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def median_ms(runners: dict[str, Runner], batch: np.ndarray, repeats: int,

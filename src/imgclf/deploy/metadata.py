@@ -37,6 +37,10 @@ class ModelMetadata:
     base_size: int | None = None
     test_metrics: dict[str, float] = field(default_factory=dict)  # the run's metrics.json, when present
     input_format: str = "float32 NCHW raw pixels 0-255, normalization inside the graph"
+    # The model card's provenance (deploy/card.py); absent in files exported before the card existed.
+    dataset_version: dict[str, str] = field(default_factory=dict)  # {"dvc_file", "md5"}: data/<dataset>.dvc
+    git_commit: str = ""  # of the code at export, "+dirty" when tracked files had uncommitted changes
+    training_config: str = ""  # the run's config.yaml
 
     def to_props(self) -> dict[str, str]:
         return {key: value if isinstance(value, str) else json.dumps(value)

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
+from imgclf.data.decode import IMAGE_SUFFIXES, decode_image, images_in
+from imgclf.deploy.compat import too_old_runtime_error
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
 from imgclf.errors import UserError
 
@@ -26,15 +28,28 @@ from imgclf.errors import UserError
 BATCH = 64
 
 
-def open_session(model_path: str | Path) -> tuple[ort.InferenceSession, ModelMetadata]:
+def session_options(threads: int | None) -> ort.SessionOptions:
+    """ONNX Runtime's defaults, or exactly `threads` CPU threads per run (None: one per core)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = options.inter_op_num_threads = threads
+    return options
+
+
+def open_session(model_path: str | Path,
+                 threads: int | None = None) -> tuple[ort.InferenceSession, ModelMetadata]:
     """An ONNX Runtime CPU session for the file and its metadata, with clear errors for bad files."""
     model_path = Path(model_path)
     if not model_path.is_file():
-        raise UserError(f"Model file {model_path} does not exist. Export one with `uv run python export.py "
-                        f"--output {model_path}` (or `dvc pull` it), or pass --model.")
+        raise UserError(f"Model file {model_path} does not exist. Fetch the released model with `uv run dvc "
+                        f"pull model.onnx.dvc`, or export one with `uv run python export.py --output "
+                        f"{model_path}`, or pass --model.")
     try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(model_path), session_options(threads),
+                                       providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+        if too_old := too_old_runtime_error(str(e), model_path):  # the file is fine, the runtime is not
+            raise too_old from e
         raise UserError(f"ONNX Runtime cannot load {model_path} ({type(e).__name__}: {str(e)[:300]}). "
                         f"The file is corrupt or not an ONNX model; export it again with export.py.") from e
     metadata = ModelMetadata.from_props(session.get_modelmeta().custom_metadata_map, str(model_path))
@@ -68,11 +83,10 @@ def load_image(path: str | Path, metadata: ModelMetadata) -> np.ndarray:
     """float32 [C, H, W] raw pixels 0-255 as the model expects; UserError when the file is not an image."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{path} does not exist; pass paths of PNG or JPEG files.")
+        raise UserError(f"{path} does not exist; pass image files (PNG, JPEG, ...) or folders of them.")
     try:
-        with Image.open(path) as image:
-            # Phone photos store their rotation in EXIF: apply it, or the model sees the image sideways.
-            image = ImageOps.exif_transpose(image).convert("L" if metadata.in_channels == 1 else "RGB")
+        # The decoding training and evaluation use: EXIF rotation applied, 16 bits scaled, huge files refused.
+        image = decode_image(path, "L" if metadata.in_channels == 1 else "RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's errors for bad files
         raise UserError(f"{path} is not an image PIL can read ({type(e).__name__}: {e}); pass PNG or "
                         f"JPEG files (grayscale or RGB, any size).") from e
@@ -97,8 +111,8 @@ class Prediction:
 
 
 class Predictor:
-    def __init__(self, model_path: str | Path) -> None:
-        self.session, self.metadata = open_session(model_path)
+    def __init__(self, model_path: str | Path, threads: int | None = None) -> None:
+        self.session, self.metadata = open_session(model_path, threads)
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         """float32 [N, C, H, W] raw pixels -> [N, num_classes] probabilities."""
@@ -126,10 +140,24 @@ def format_predictions(predictions: list[Prediction]) -> str:
     return "\n".join(lines)
 
 
+def image_paths(paths: list[str]) -> list[str]:
+    """The paths given, each folder replaced by the image files under it (any depth, sorted)."""
+    expanded = []
+    for path in paths:
+        if not Path(path).is_dir():
+            expanded.append(path)
+            continue
+        found = images_in(Path(path))
+        if not found:
+            raise UserError(f"Folder {path} holds no image files ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        expanded += [str(f) for f in found]
+    return expanded
+
+
 def predict(paths: list[str], model_path: str | Path, top_k: int) -> list[Prediction]:
-    """predict.py: classify the files and print the top-k classes of each."""
+    """predict.py: classify the files (and every image in the folders given) and print the top-k classes."""
     if not paths:
-        raise UserError("No image files given; pass one or more PNG/JPEG paths.")
-    predictions = Predictor(model_path).predict(paths, top_k)
+        raise UserError("No image files given; pass one or more image files or folders.")
+    predictions = Predictor(model_path).predict(image_paths(paths), top_k)
     print(format_predictions(predictions))
     return predictions

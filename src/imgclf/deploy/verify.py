@@ -18,20 +18,26 @@ import onnxruntime as ort
 import torch
 from torch.utils.data import Subset
 
+from imgclf.atomic import write_text
 from imgclf.data.datamodule import ImageDataModule
-from imgclf.deploy.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, load_checkpoint
+from imgclf.deploy.card import evaluation_figures, write_model_card
+from imgclf.deploy.checkpoint import DEFAULT_CHECKPOINT, Checkpoint, file_sha256, load_checkpoint
 from imgclf.deploy.export import weights_sha256
 from imgclf.deploy.latency import format_latency, latency_table, timing_session
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
 from imgclf.deploy.predictor import open_session, run_onnx
 from imgclf.deploy.quantize import quantize_int8
+from imgclf.deploy.runtimes import ATOL, RTOL, compare_logits, format_parity, runtime_parity
 from imgclf.errors import UserError
 
-RTOL, ATOL = 1e-3, 1e-5
 DYNAMIC_BATCH_SIZES = (1, 7, 64)
 LATENCY_BATCH_SIZES = (1, 64)
 EVAL_BATCH = 256
 CALIBRATION_IMAGES = 512
+# Images for the other runtimes: 64 at up to 32x32 px, fewer (at least 4) for larger inputs, because onnx's
+# reference evaluator is plain numpy and its time grows with the pixels.
+PARITY_IMAGES, PARITY_PIXELS = 64, 64 * 32 * 32
+OTHER_RUNTIMES = ("onnx_reference", "opencv_dnn")  # ONNX Runtime itself is checked on the whole split
 
 
 def resolve_checkpoint(ckpt: str | None, metadata: ModelMetadata) -> str:
@@ -84,17 +90,6 @@ def evaluation_arrays(datamodule: ImageDataModule, split: str,
 def run_torch(network: torch.nn.Module, images: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
     return np.concatenate([network(torch.from_numpy(images[i:i + batch])).numpy()
                            for i in range(0, len(images), batch)])
-
-
-def compare_logits(onnx_logits: np.ndarray, torch_logits: np.ndarray) -> dict[str, float]:
-    diff = np.abs(onnx_logits.astype(np.float64) - torch_logits)
-    scale = np.abs(torch_logits.astype(np.float64))
-    # Relative difference only where the logit is not ~0 (dividing by ~0 says nothing); the pass rule
-    # is allclose's |a - b| <= atol + rtol * |b|, which covers both.
-    relative = diff[scale > ATOL] / scale[scale > ATOL]
-    # Counted as "not within" rather than "beyond": a NaN compares false both ways and must fail.
-    return {"max_abs_diff": float(diff.max()), "max_rel_diff": float(relative.max(initial=0.0)),
-            "values_out_of_tolerance": int((~(diff <= ATOL + RTOL * scale)).sum())}
 
 
 def check_dynamic_batches(session: ort.InferenceSession, images: np.ndarray,
@@ -167,6 +162,9 @@ def verify(model: str | Path = "model.onnx", ckpt: str | None = None, report: st
         "torch_accuracy": float((torch_top1 == labels).mean()),
     }
     batches = check_dynamic_batches(session, images, torch_logits)
+    # The other runtimes on a sample: onnx's reference evaluator is plain numpy, slow on a whole split.
+    sample = max(4, min(PARITY_IMAGES, PARITY_PIXELS // (images.shape[2] * images.shape[3])))
+    runtimes = runtime_parity(model_path, images[:sample], torch_logits[:sample], OTHER_RUNTIMES)
     checks = {
         "weights_unchanged_since_export": weights_sha256(proto) == metadata.weights_sha256,
         "checkpoint_is_the_exported_one": checkpoint.sha256 == metadata.checkpoint_sha256,
@@ -174,6 +172,9 @@ def verify(model: str | Path = "model.onnx", ckpt: str | None = None, report: st
         "top1_identical": figures["top1_disagreements"] == 0,
         "accuracy_equal": figures["onnx_accuracy"] == figures["torch_accuracy"],
         "dynamic_batch_sizes": all(b["ok"] for b in batches.values()),
+        # A runtime that is not installed or lacks an operator is reported, not judged; one that runs the
+        # model must give the same answers.
+        "other_runtimes_agree": all(r["ok"] for r in runtimes.values() if "runtime" in r),
     }
 
     timed = {"onnxruntime": model_path}
@@ -185,16 +186,25 @@ def verify(model: str | Path = "model.onnx", ckpt: str | None = None, report: st
         timed["onnxruntime_int8"] = Path(int8["model"])
     latency = measure_latency(network, timed, images, threads, latency_repeats)
 
+    test = evaluation_figures(onnx_logits, labels, len(metadata.class_names))
     result = {"passed": all(checks.values()), "model": str(model_path), "checkpoint": str(checkpoint.path),
+              "model_sha256": file_sha256(model_path), "opset": opset_of(proto), "ir_version": proto.ir_version,
               "dataset": metadata.dataset, "network": metadata.network, "test_images": len(labels),
-              "rtol": RTOL, "atol": ATOL, **figures, "batch_sizes": batches, "checks": checks,
-              "latency_ms": latency, "latency_threads": threads}
+              "rtol": RTOL, "atol": ATOL, **figures, "batch_sizes": batches, "runtimes": runtimes,
+              "expected_calibration_error": test["expected_calibration_error"],
+              "per_class_accuracy": dict(zip(metadata.class_names, test["per_class_accuracy"], strict=True)),
+              "checks": checks, "latency_ms": latency, "latency_threads": threads}
     if int8 is not None:
         result["int8"] = int8
-    Path(report).write_text(json.dumps(result, indent=2) + "\n")
+    result["model_card"] = str(write_model_card(model_path, metadata, result, test))
+    write_text(report, json.dumps(result, indent=2) + "\n", "verification report")
     print(format_report(result))
-    print(f"\nReport written to {report}")
+    print(f"\nReport written to {report}; model card {result['model_card']}")
     return result
+
+
+def opset_of(proto: onnx.ModelProto) -> int:
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def format_report(r: dict) -> str:
@@ -204,6 +214,9 @@ def format_report(r: dict) -> str:
              f"{r['values_out_of_tolerance']} values outside rtol {r['rtol']:g} / atol {r['atol']:g}",
              f"  top-1 agreement {r['top1_agreement']:.2%} ({r['top1_disagreements']} disagreements); "
              f"accuracy ONNX {r['onnx_accuracy']:.4f} vs PyTorch {r['torch_accuracy']:.4f}",
+             f"  expected calibration error {r['expected_calibration_error']:.4f}; opset {r['opset']}, "
+             f"IR version {r['ir_version']}",
+             "  other runtimes (first images of the split):", format_parity(r["runtimes"]),
              "  batch sizes: " + ", ".join(f"{size} {'ok' if b['ok'] else 'FAILED'}"
                                            for size, b in r["batch_sizes"].items()),
              "", "Checks:"]

@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from PIL import Image
 
+from imgclf.data.decode import decode_image
 from imgclf.data.files import ImageFileDataset
 from imgclf.eda.splits import Split, model_input
 
@@ -71,8 +71,7 @@ def plot_boxes(split: ImageFileDataset, class_names: list[str], count: int = 6) 
     fig, axes = plt.subplots(1, len(files), squeeze=False, figsize=(3 * len(files), 3))
     for ax, file in zip(axes[0], files, strict=True):
         x1, y1, x2, y2 = file.box
-        with Image.open(file.path) as image:
-            ax.imshow(image.convert("RGB"))
+        ax.imshow(decode_image(file.path, "RGB", orient=False))  # the stored frame: the one boxes are given in
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=2))
         ax.set_title(class_names[file.label], fontsize=8)
         ax.axis("off")

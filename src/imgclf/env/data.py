@@ -6,6 +6,8 @@ from pathlib import Path
 
 from imgclf.env.report import UV_SYNC, Check
 
+PLACEHOLDER_REMOTE = "s3://imgclf-dvc-example/imgclf"  # the bucket .dvc/config ships with: nobody's bucket
+
 
 def dataset_checks(data_dir: Path) -> list[Check]:
     try:
@@ -51,4 +53,11 @@ def dvc_remote_check(root: Path) -> Check:
     if default not in remotes:
         return Check("data", "dvc remote", "WARN", f"remotes {', '.join(remotes)} but no default one",
                      f"Pick the default with `dvc remote default {next(iter(remotes))}`.", info)
-    return Check("data", "dvc remote", "PASS", f"default {default} -> {remotes[default]}", info=info)
+    endpoint = config["remote"][default].get("endpointurl")
+    if remotes[default].rstrip("/") == PLACEHOLDER_REMOTE and not endpoint:
+        return Check("data", "dvc remote", "WARN",
+                     f"default {default} -> {remotes[default]}, the placeholder bucket this project ships with",
+                     f"Point it at your bucket: `dvc remote modify {default} url s3://<your-bucket>/imgclf`, or "
+                     f"start the local S3 server: `uv run python -m imgclf.storage.local_s3 start`.", info)
+    where = f" at {endpoint}" if endpoint else ""
+    return Check("data", "dvc remote", "PASS", f"default {default} -> {remotes[default]}{where}", info=info)

@@ -1,0 +1,252 @@
+"""A run never loses work: interrupts, resuming and extending, divergence, full or read-only disks, concurrent
+runs, checkpoints of another run, and a quiet console. Short digits runs of main.py as a user starts them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import REPO
+
+from imgclf.checkpoints import AtomicCheckpointIO, check_resumable
+from imgclf.errors import UserError
+from imgclf.model import ImageClassifier
+from imgclf.schedule import one_cycle, replan_one_cycle
+
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
+NOISE = ["exists and is not empty", "litlogger", "deprecated", "dirpath has changed", "Warning", "Traceback"]
+
+
+def start_main(*args: str, code: str | None = None) -> subprocess.Popen:
+    """main.py (or `code` run the same way) as its own process, stderr captured as text."""
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, str(REPO / "main.py"), *args]
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path_glob: str, folder: Path, proc: subprocess.Popen, timeout: float = 300) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = sorted(folder.glob(path_glob))
+        if found:
+            return found[0]
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    raise AssertionError(f"{path_glob} never appeared in {folder}")
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def epochs_and_steps(path: Path) -> tuple[int, int]:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return checkpoint["epoch"], checkpoint["global_step"]
+
+
+def test_interrupt_then_resume_and_extend_into_a_new_folder(tmp_path):
+    """Ctrl-C saves what a resume needs and prints the command; that command, with a larger max_epochs,
+    continues into a new folder with everything a run leaves, while the old folder stays byte-identical;
+    last.ckpt is the final epoch and best.ckpt the best by val/acc; neither run prints Lightning's noise."""
+    runs = tmp_path / "runs"
+    first = start_main("--runs_dir", str(runs), "--trainer.max_epochs", "3", *QUIET)
+    wait_for("*/last.ckpt", runs, first)
+    first.send_signal(signal.SIGINT)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode != 0, stderr[-2000:]
+    assert "stopped by SIGINT" in stderr and "the test was skipped" in stderr, stderr[-2000:]
+    assert not any(noise in stderr for noise in NOISE), stderr[-3000:]
+    old = (runs / "latest").resolve()  # it completed an epoch, so it is the latest run
+    assert not (old / "metrics.json").exists()  # the test was skipped
+    assert (old / "metrics.csv").is_file() and (old / "config.yaml").is_file()  # the logs are kept
+    before = file_hashes(old)
+
+    command = shlex.split(re.search(r"^  (uv run python main\.py .*)$", stderr, re.M).group(1))
+    assert command[4:] == ["--config", str(old / "config.yaml"), "--ckpt_path", str(old / "last.ckpt")]
+    resumed = subprocess.run([sys.executable, str(REPO / "main.py"), *command[4:], "--trainer.max_epochs", "4"],
+                             cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not any(noise in resumed.stderr for noise in NOISE), resumed.stderr[-3000:]
+    assert "now spans" in resumed.stderr  # the schedule was stretched over the new total, not crashed
+
+    assert file_hashes(old) == before  # the old run's folder is untouched
+    new = (runs / "latest").resolve()
+    assert new != old and new.parent == runs
+    for name in ["config.yaml", "metrics.csv", "metrics.json", "training_curves.png", "confusion_matrix.csv",
+                 "best.ckpt", "last.ckpt", "dvclive/metrics.json"]:
+        assert (new / name).is_file(), name
+    config = (new / "config.yaml").read_text()
+    assert f"ckpt_path: {old / 'last.ckpt'}" in config and str(old) + "\n" not in config  # logs its own folder
+
+    epochs = pd.read_csv(new / "metrics.csv").dropna(subset=["val/acc"]).set_index("epoch")["val/acc"]
+    assert epochs.index.max() == 3 and epochs.index.min() >= 1  # only the resumed epochs, into its own log
+    steps_per_epoch = epochs_and_steps(old / "last.ckpt")[1] // (epochs_and_steps(old / "last.ckpt")[0] + 1)
+    assert epochs_and_steps(new / "last.ckpt") == (3, 4 * steps_per_epoch)  # the final epoch, always
+    assert epochs_and_steps(new / "best.ckpt")[0] == epochs.idxmax()  # the first epoch with the best val/acc
+
+
+def test_sigterm_saves_logs_and_prints_the_resume_command(tmp_path):
+    runs = tmp_path / "runs"
+    proc = start_main("--runs_dir", str(runs), "--trainer.max_epochs", "30", *QUIET)
+    wait_for("*/last.ckpt", runs, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    run_dir = next(p for p in runs.iterdir() if p.name != "latest")
+    assert "stopped by SIGTERM" in stderr and f"--ckpt_path {run_dir / 'last.ckpt'}" in stderr, stderr[-2000:]
+    assert (run_dir / "metrics.csv").is_file() and not (run_dir / "metrics.json").exists()
+    assert epochs_and_steps(run_dir / "last.ckpt")[0] >= 0  # loadable
+
+
+def test_a_killed_checkpoint_writer_never_leaves_a_truncated_checkpoint(tmp_path):
+    """SIGKILL while AtomicCheckpointIO rewrites a 40 MB checkpoint over and over: the file always loads."""
+    target = tmp_path / "last.ckpt"
+    writer = ("import sys, torch\nfrom imgclf.checkpoints import AtomicCheckpointIO\nio = AtomicCheckpointIO()\n"
+              "for i in range(10**6):\n    io.save_checkpoint({'i': i, 'w': torch.rand(10**7)}, sys.argv[1])\n")
+    proc = start_main(str(target), code=writer)
+    wait_for("last.ckpt", tmp_path, proc)
+    time.sleep(random.uniform(0.2, 0.6))  # somewhere inside a later write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(target, weights_only=True)["w"].shape == (10**7,)
+
+
+def test_concurrent_runs_started_in_the_same_second_get_their_own_folders(tmp_path):
+    runs = tmp_path / "runs"
+    same_second = ("import sys\nfrom pathlib import Path\nimport imgclf.run_folder as folder\n"
+                   "folder.run_stamp = lambda: '20990101-000000'\nfrom imgclf.cli import main\n"
+                   "main(sys.argv[1:], Path('configs/default.yaml'))\n")
+    args = ["--runs_dir", str(runs), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+            "--trainer.log_every_n_steps", "1", *QUIET]
+    procs = [start_main(*args, code=same_second) for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=600) == 0, proc.stderr.read()[-3000:]
+    folders = sorted(p.name for p in runs.iterdir() if p.name != "latest")
+    assert folders == ["20990101-000000-digits-small_cnn", "20990101-000000-digits-small_cnn-2"]
+    for name in folders:
+        steps = pd.read_csv(runs / name / "metrics.csv").dropna(subset=["train/loss_step"])["step"]
+        assert steps.tolist() == [0, 1, 2]  # one run's three steps, each logged once
+
+
+def test_divergence_stops_the_run_with_advice(tmp_path):
+    runs = tmp_path / "runs"
+    done = subprocess.run([sys.executable, str(REPO / "main.py"), "--runs_dir", str(runs), "--model.optimizer",
+                           "sgd", "--model.lr", "1e4", "--trainer.max_epochs", "2", *QUIET],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    message = re.search(r"error: Training diverged: .*", done.stderr).group(0)
+    assert re.search(r"at step \d+ \(epoch 0\) at learning rate [\d.e+-]+", message) and "--model.lr" in message
+    for checkpoint in runs.rglob("*.ckpt"):  # none written, or else a finite one
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        assert all(v.isfinite().all() for v in state.values() if v.is_floating_point()), checkpoint
+    for metrics in runs.rglob("metrics.json"):
+        json.loads(metrics.read_text())
+    assert not (runs / "latest").exists()  # it never completed an epoch
+
+
+def _mount_tmpfs(folder: Path, options: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (mount -t tmpfs)")
+
+
+@pytest.mark.parametrize("options, message", [("size=300k", "the disk is full"),
+                                              ("ro,size=64k", "the filesystem is read-only")])
+def test_full_or_read_only_runs_dir_gives_one_clear_error(tmp_path, options, message):
+    runs = tmp_path / "runs"
+    _mount_tmpfs(runs, options)
+    try:
+        done = subprocess.run([sys.executable, str(REPO / "main.py"), "--runs_dir", str(runs),
+                               "--trainer.max_epochs", "1", *QUIET],
+                              cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert done.returncode != 0
+        assert "Traceback" not in done.stderr and message in done.stderr, done.stderr[-3000:]
+        assert len(re.findall(r"^error: ", done.stderr, re.M)) == 1
+        for checkpoint in runs.rglob("*.ckpt"):
+            torch.load(checkpoint, map_location="cpu", weights_only=False)  # whole, or absent
+    finally:
+        subprocess.run(["umount", str(runs)])
+
+
+# ------------------------------------------------------------------------------------------ in process
+def _checkpoint(tmp_path: Path, model: ImageClassifier, dataset: str) -> Path:
+    path = tmp_path / f"{dataset}.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "datamodule_hyper_parameters": {"dataset": dataset}, "pytorch-lightning_version": "2.6.0"}, path)
+    return path
+
+
+def test_a_checkpoint_resumes_only_its_own_run(tmp_path):
+    digits = ImageClassifier(image_size=(8, 8), class_names=[str(i) for i in range(10)])
+    fashion = ImageClassifier(image_size=(28, 28), class_names=["T-shirt/top", "Trouser", "Pullover", "Dress",
+                                                                "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                                                                "Ankle boot"])
+    path = _checkpoint(tmp_path, digits, "digits")
+    assert check_resumable(path, digits, "digits")["datamodule_hyper_parameters"]["dataset"] == "digits"
+    with pytest.raises(UserError, match="belongs to another run: it was trained on dataset 'digits'.*8x8"):
+        check_resumable(path, fashion, "fashion_mnist")  # same network and weight shapes, other data
+    with pytest.raises(UserError, match="belongs to another run"):
+        check_resumable(path, digits, "fashion_mnist")
+
+
+def test_non_finite_weights_are_refused_for_resume_and_export(tmp_path):
+    from imgclf.deploy.checkpoint import load_checkpoint
+
+    model = ImageClassifier()
+    with torch.no_grad():
+        next(model.net.parameters()).fill_(float("nan"))
+    path = _checkpoint(tmp_path, model, "digits")
+    with pytest.raises(UserError, match="non-finite weights.*diverged"):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match="non-finite weights"):
+        check_resumable(path, model, "digits")
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_when_a_write_fails(tmp_path, monkeypatch):
+    path = tmp_path / "best.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 1}, path)
+
+    def half_written(obj, file):
+        file.write(b"PK\x03\x04 half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_written)
+    with pytest.raises(UserError, match="disk is full"):
+        AtomicCheckpointIO().save_checkpoint({"epoch": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["best.ckpt"]
+
+
+@pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 8, 100])
+def test_one_cycle_survives_tiny_runs_and_extension(total_steps):
+    """limit_train_batches 2 x max_epochs 2 raised ZeroDivisionError; a resumed, longer run stepped past the end."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    scheduler = one_cycle(optimizer, [0.1], total_steps, warmup_fraction=0.25)
+    if total_steps < 3:
+        assert scheduler is None  # too short to warm up and anneal: a constant rate
+        return
+    for _ in range(total_steps - 1):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] < 0.1 / 100  # annealed to the end of the cycle
+    replan_one_cycle(scheduler, 2 * total_steps, warmup_fraction=0.25)
+    for _ in range(total_steps):
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] < 0.1 / 100  # the stretched cycle ends annealed too
