@@ -214,8 +214,11 @@ def test_sample_grid_shows_each_class_row():
 
 
 def test_load_datamodule_reads_the_configs_data_section():
-    dm = eda.load_datamodule(REPO / "configs/fashion_mnist.yaml")
-    assert dm.spec.name == "fashion_mnist" and dm.batch_size == 128
+    config = REPO / "configs/fashion_mnist.yaml"
+    dm = eda.load_datamodule(config)
+    data = yaml.safe_load(config.read_text())["data"]
+    assert dm.spec.name == "fashion_mnist" and dm.batch_size == data["batch_size"] != 64  # 64: the default
+    assert dm.val_fraction == data["val_fraction"]
 
 
 # ----------------------------------------------------------------------------- the notebook itself

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from conftest import REPO
 
 from imgclf.data.augment import AugmentPolicy, crop_at, random_flip, random_translate, tta_logits
 from imgclf.data.datamodule import ImageDataModule
+from imgclf.distributed import broadcast_to_device
 from imgclf.model.classifier import ImageClassifier
 from imgclf.model.networks import Whitening
 from imgclf.train.run import main
@@ -107,6 +109,29 @@ def test_whitening_decorrelates_patches() -> None:
     covariance = features.T @ features / len(features)
     assert torch.allclose(covariance, torch.eye(4), atol=0.02)
     assert torch.equal(layer.weight[4:], -layer.weight[:4])
+
+
+class PicklingBroadcast:
+    """Lightning's broadcast as DDP does it: the object pickled on rank 0 and unpickled on every rank, where
+    a tensor lands on the device it was sent from (a CUDA tensor on rank 0's GPU)."""
+
+    def __init__(self) -> None:
+        self.sent: list[torch.Tensor] = []
+
+    def broadcast(self, obj: torch.Tensor) -> torch.Tensor:
+        self.sent.append(obj)
+        buffer = io.BytesIO()
+        torch.save(obj, buffer)
+        buffer.seek(0)
+        return torch.load(buffer, weights_only=True)
+
+
+def test_whitening_batch_is_sent_from_the_host_and_lands_on_the_local_device() -> None:
+    strategy = PicklingBroadcast()
+    images = distinct_images(4)
+    received = broadcast_to_device(strategy, images, torch.device("meta"))  # stands in for this rank's GPU
+    assert strategy.sent[0].device.type == "cpu"  # unpickles onto the host, never onto cuda:0
+    assert received.device.type == "meta" and received.shape == images.shape
 
 
 @pytest.fixture(scope="module")

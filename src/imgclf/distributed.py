@@ -11,8 +11,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 import lightning as L
+import torch
 from lightning.pytorch.accelerators import CPUAccelerator
-from lightning.pytorch.strategies import StrategyRegistry
+from lightning.pytorch.strategies import Strategy, StrategyRegistry
 
 from imgclf.errors import UserError
 
@@ -79,3 +80,12 @@ def check_trainer(trainer: L.Trainer, sync_batchnorm: bool, global_batch_size: i
             "--trainer.sync_batchnorm true needs GPUs: PyTorch's SyncBatchNorm does not run on CPU. Drop the "
             "flag for CPU runs (each process then normalizes with its own batch statistics)."
         )
+
+
+def broadcast_to_device(strategy: Strategy, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Rank 0's `tensor` on every rank, on that rank's `device`.
+
+    Lightning's `strategy.broadcast` pickles the object, and a pickled CUDA tensor unpickles onto the sender's
+    GPU (cuda:0) on every rank: sent from the host, it lands on the host, and each rank moves it to its own GPU.
+    """
+    return strategy.broadcast(tensor.cpu()).to(device)

@@ -21,6 +21,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
+from imgclf.atomic import write_text
 from imgclf.data.decode import DECODER_VERSION
 from imgclf.data.image_files import ImageFile, ImageFileDataset, drop_bad_images
 from imgclf.data.transforms import base_size
@@ -111,5 +112,5 @@ def build_cache(folder: Path, root: Path, files: list[ImageFile], input_size: in
     tmp.replace(folder / IMAGES)
     index = {"fingerprint": fingerprint(root, files, input_size, crop_to_box, box_padding), "side": side,
              "files": [os.path.relpath(f.path, root) for f in files], "bad_rows": bad_rows}
-    (folder / INDEX).write_text(json.dumps(index, indent=1))
+    write_text(folder / INDEX, json.dumps(index, indent=1), "image cache index")  # last: it marks the cache whole
     return folder

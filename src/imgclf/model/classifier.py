@@ -13,6 +13,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from imgclf.data.augment import tta_logits
+from imgclf.distributed import broadcast_to_device
 from imgclf.errors import UserError
 from imgclf.model.backbones import load_pretrained
 from imgclf.model.finetune import drop_backbone_grads, parameter_groups
@@ -84,18 +85,22 @@ class ImageClassifier(L.LightningModule):
         self.normalize = PixelNormalize(list(mean), list(std))
         self.net = build_network(network, in_channels, num_classes)
         self.class_names = class_names or [str(i) for i in range(num_classes)]
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        # Training metrics skip their per-step input checks (torch.unique, isnan(...).any()): each reads a value
+        # back from the GPU, which stops the CPU from queueing the next steps. Evaluation keeps them.
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
         # Epoch losses as metrics: summed over all images of all ranks, not a mean of per-rank means.
-        self.train_loss, self.val_loss, self.test_loss = MeanMetric(), MeanMetric(), MeanMetric()
+        self.train_loss, self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(), MeanMetric()
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
         self.test_confmat = MulticlassConfusionMatrix(num_classes)
         self.test_confusion: torch.Tensor | None = None  # filled at the end of testing, for the artifacts
         self.example_input_array = torch.zeros(1, in_channels, *image_size, dtype=torch.uint8)
+        if channels_last:
+            # Convs then run NHWC, whatever the input's layout. Here, not in setup(): callbacks' setup runs first,
+            # and the EMA's copy must share this layout for its fused lerp (one kernel, not one per tensor).
+            self.to(memory_format=torch.channels_last)
 
     def setup(self, stage: str) -> None:
-        if self.hparams.channels_last:
-            self.to(memory_format=torch.channels_last)  # convs then run NHWC, whatever the input's layout
         if self.hparams.compile:
             self.net.compile()  # in place: parameter names (so checkpoints) stay those of the plain network
 
@@ -122,7 +127,7 @@ class ImageClassifier(L.LightningModule):
                                 f"datamodule=..., not with bare dataloaders.")
             images, _ = next(iter(self.trainer.datamodule.train_dataloader()))
             # Under DDP each rank draws another shard; rank 0's batch keeps the frozen layer equal everywhere.
-            images = self.trainer.strategy.broadcast(images.to(self.device))
+            images = broadcast_to_device(self.trainer.strategy, images, self.device)
             self.net.init_whitening(self.normalize(images))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

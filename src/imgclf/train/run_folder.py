@@ -118,10 +118,11 @@ def loggers_into(logger: object, run_dir: Path) -> object:
     """
     csv = {"class_path": "lightning.pytorch.loggers.CSVLogger",
            "init_args": {"save_dir": str(run_dir), "name": "", "version": ""}}
-    if logger in (None, True):
-        return [csv, dvclive_logger_config(run_dir)]  # DVCLive feeds `dvc exp show` / `dvc plots`
     if logger is False:
         return logger
+    dvclive = dvclive_logger_config(run_dir)  # DVCLive feeds `dvc exp show` / `dvc plots`; None without it
+    if logger in (None, True):
+        return [csv, dvclive] if dvclive else [csv]
     entries = logger if isinstance(logger, list) else [logger]
     redirected = []
     for entry in entries:
@@ -129,7 +130,9 @@ def loggers_into(logger: object, run_dir: Path) -> object:
         if name.endswith("CSVLogger"):
             entry = csv
         elif name.endswith("DVCLiveLogger"):
-            entry = dvclive_logger_config(run_dir)
+            if dvclive is None:
+                continue
+            entry = dvclive
         redirected.append(entry)
     return redirected
 

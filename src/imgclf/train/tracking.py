@@ -3,21 +3,29 @@
 DVCLive's Lightning logger writes params, per-step metrics and plots under <run>/dvclive/. dvc.yaml
 declares those files itself, so DVCLive must not rewrite dvc.yaml (dvcyaml=None) nor make its own
 experiment commits (save_dvc_exp=False): `dvc exp run` does that.
+
+DVCLive comes with DVC. On a machine without it (a GPU box that only has torch and Lightning), runs log to
+the CSV logger only and say so once: training must not need the experiment tracker.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
-from dvclive.lightning import DVCLiveLogger
 
 CONFUSION_PLOT = "confusion_matrix"  # <run>/dvclive/plots/sklearn/confusion_matrix.json
 
 
-def dvclive_logger_config(run_dir: Path) -> dict:
-    """LightningCLI's class_path form of the DVCLive logger writing to <run_dir>/dvclive."""
+def dvclive_logger_config(run_dir: Path) -> dict | None:
+    """LightningCLI's class_path form of the DVCLive logger writing to <run_dir>/dvclive; None without DVCLive."""
+    if importlib.util.find_spec("dvclive") is None:
+        warnings.warn("dvclive is not installed: this run logs to metrics.csv only (no `dvc exp show` / "
+                      "`dvc plots` data). `uv sync` installs it.", stacklevel=2)
+        return None
     return {
         "class_path": "dvclive.lightning.DVCLiveLogger",
         "init_args": {"dir": str(run_dir / "dvclive"), "dvcyaml": None, "save_dvc_exp": False},
@@ -38,7 +46,7 @@ class DVCLiveConfusionMatrix(L.Callback):
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         confusion = getattr(pl_module, "test_confusion", None)
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, DVCLiveLogger)]
+        loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "DVCLiveLogger"]
         if not trainer.is_global_zero or confusion is None or not loggers:
             return
         true, predicted = confusion_pairs(confusion, pl_module.class_names)
