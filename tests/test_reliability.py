@@ -13,17 +13,20 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from conftest import QUIET_ARGS, REPO
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
 from imgclf.model.schedule import one_cycle, replan_one_cycle
 from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
+from imgclf.train.run import quiet_about_own_folder
 
 NOISE = ["exists and is not empty", "litlogger", "deprecated", "dirpath has changed", "Warning", "Traceback"]
 
@@ -249,3 +252,17 @@ def test_one_cycle_survives_tiny_runs_and_extension(total_steps):
         optimizer.step()
         scheduler.step()
     assert optimizer.param_groups[0]["lr"] < 0.1 / 100  # the stretched cycle ends annealed too
+
+
+def test_own_folder_notices_are_silenced_for_the_default_relative_runs_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # main.py's default --runs_dir is the relative runs/
+    run_dir = Path("runs") / "20261201-000000-digits-small_cnn"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_about_own_folder(run_dir)
+        dirpath = ModelCheckpoint(dirpath=run_dir).dirpath  # the path Lightning's notices name
+        warnings.warn(f"Checkpoint directory {dirpath} exists and is not empty.", UserWarning, stacklevel=1)
+        warnings.warn(f"The dirpath has changed from '/old' to '{dirpath}'", UserWarning, stacklevel=1)
+        warnings.warn(f"Checkpoint directory {tmp_path / 'other'} exists and is not empty.", UserWarning,
+                      stacklevel=1)
+    assert [str(w.message) for w in caught] == [f"Checkpoint directory {tmp_path / 'other'} exists and is not empty."]

@@ -69,7 +69,7 @@ def quiet_about_own_folder(run_dir: Path) -> None:
     checkpointing starts; and a resumed run's checkpoints go to a new folder on purpose, so Lightning's notice
     that the checkpoint folder "has changed" is expected.
     """
-    folder = re.escape(str(run_dir))
+    folder = re.escape(os.path.realpath(run_dir))  # Lightning names it by its real path, also for runs/ (relative)
     warnings.filterwarnings("ignore", f"Checkpoint directory {folder} exists and is not empty")
     warnings.filterwarnings("ignore", f"The dirpath has changed from .* to '{folder}'")
 
