@@ -6,7 +6,7 @@ import shutil
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, make_fashion_mnist, run_script
+from conftest import QUIET_ARGS, REPO, make_fashion_mnist, run_script
 
 from imgclf.errors import UserError
 from imgclf.train.run import main
@@ -57,6 +57,16 @@ def test_checkpoint_of_another_network_is_refused(default_run, tmp_path):
         main(["--runs_dir", str(tmp_path), "--model.network", "resnet18",
               "--ckpt_path", str(runs / "latest" / "best.ckpt")], DEFAULT_CONFIG)
     assert list(tmp_path.iterdir()) == []  # no folder for a refused run, and runs/latest not moved
+
+
+@pytest.mark.parametrize("no_validation", [["--trainer.limit_val_batches", "0"],
+                                           ["--trainer.check_val_every_n_epoch", "2"]])
+def test_a_run_without_validation_tests_and_keeps_its_final_weights(tmp_path, no_validation):
+    run_dir = main(["--runs_dir", str(tmp_path), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                    *QUIET_ARGS, *no_validation], DEFAULT_CONFIG)
+    final = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert final["global_step"] == 3  # the weights after the last step, saved before the test scored them
+    assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] > 0
 
 
 def test_grid_runs_three_experiments_and_tabulates(tmp_path):

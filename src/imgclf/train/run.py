@@ -184,7 +184,7 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
         if cli.trainer.is_global_zero:
             print(f"Resuming {ckpt_path} (saved at epoch {resumed.get('epoch')}, step {resumed.get('global_step')}) "
                   f"in the new run folder {cli.run_dir}; its own folder is left as it was.", file=sys.stderr)
-    has_val = cli.datamodule.val_fraction > 0
+    has_val = cli.datamodule.val_fraction > 0 and cli.trainer.limit_val_batches != 0
     if not has_val:  # nothing to rank checkpoints by: keep and test the last one
         cli.checkpoint.monitor = None
     try:
@@ -193,8 +193,17 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
         if not cli.trainer.interrupted:
             raise
         raise RunInterrupted(interrupt_message(cli)) from None
-    tested = cli.checkpoint if has_val else cli.last_checkpoint
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested.best_model_path)
+    tested = (cli.checkpoint if has_val else cli.last_checkpoint).best_model_path or last_weights(cli)
+    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested)
     if cli.trainer.is_global_zero:
         print(f"\nRun folder: {cli.run_dir}  (also {cli.run_dir.parent / 'latest'})", file=sys.stderr)
     return cli.run_dir
+
+
+def last_weights(cli: ImageClassificationCLI) -> str:
+    """The checkpoint to test when no validation ran (e.g. --trainer.max_epochs below check_val_every_n_epoch),
+    so neither checkpoint callback saved: the final weights, saved as last.ckpt so the test scores a file."""
+    path = cli.last_checkpoint.best_model_path or str(cli.run_dir / "last.ckpt")
+    if not cli.last_checkpoint.best_model_path:
+        cli.trainer.save_checkpoint(path)
+    return path
