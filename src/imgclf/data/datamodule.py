@@ -79,7 +79,7 @@ class ImageDataModule(L.LightningDataModule):
         self.global_batch_size = global_batch_size
         self.shuffle_seed = 0
         self.splits: dict[str, Split] = {}
-        # The one place that tells the two kinds of dataset apart (interface.py).
+        # The two kinds of dataset (interface.py) part here; past this point nothing asks which one it holds.
         self.source: DataSource
         if self.spec.list_files is not None:  # large images: decoded in DataLoader workers (file_loaders.py)
             options = SplitOptions(val_fraction, test_fraction, split_seed)
