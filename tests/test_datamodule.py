@@ -6,9 +6,9 @@ import pytest
 import torch
 from conftest import make_fashion_mnist
 
-from imgclf.data.datamodule import ImageDataModule, split_train_val
-from imgclf.data.memory_loaders import InMemoryBatches
-from imgclf.data.readers import ImageArrays
+from imgclf.data.arrays import ImageArrays
+from imgclf.data.datamodule import ImageDataModule
+from imgclf.data.memory_loaders import InMemoryBatches, split_train_val
 from imgclf.errors import UserError
 
 
@@ -83,3 +83,8 @@ def test_augmentation_only_while_training():
     dm.augment = False
     out, _ = dm.on_after_batch_transfer((images, labels), 0)
     assert torch.equal(out, images)
+
+
+def test_a_dataset_held_in_memory_has_no_image_cache():
+    with pytest.raises(UserError, match="digits dataset is held in memory whole; only datasets of image files"):
+        ImageDataModule("digits").build_cache()

@@ -23,9 +23,9 @@ import torch
 from conftest import QUIET_ARGS, REPO, quiet_trainer
 from lightning.pytorch.strategies import DDPStrategy
 
+from imgclf.data.arrays import ImageArrays
 from imgclf.data.datamodule import ImageDataModule
 from imgclf.data.memory_loaders import InMemoryBatches, shard_bounds
-from imgclf.data.readers import ImageArrays
 from imgclf.distributed import check_trainer, launcher_job_id, per_device_batch_size, with_timeout
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier

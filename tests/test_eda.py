@@ -22,9 +22,9 @@ from nbclient import NotebookClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from imgclf import eda  # noqa: E402
+from imgclf.data.arrays import ImageArrays, image_hashes  # noqa: E402
 from imgclf.data.datamodule import ImageDataModule  # noqa: E402
-from imgclf.data.image_files import ImageFile, ImageFileDataset  # noqa: E402
-from imgclf.data.readers import ImageArrays  # noqa: E402
+from imgclf.data.image_files import ImageFile, ImageFileDataset, file_hashes, sample_indices  # noqa: E402
 from imgclf.data.transforms import eval_view, load_base  # noqa: E402
 from imgclf.train.artifacts import save_confusion_matrix  # noqa: E402
 
@@ -114,7 +114,7 @@ def test_duplicates_within_and_across_splits_with_conflicting_labels():
 
 def test_image_hashes_tell_shapes_apart():
     flat = torch.zeros(1, 1, 2, 8, dtype=torch.uint8)
-    assert eda.image_hashes(flat) != eda.image_hashes(flat.reshape(1, 1, 4, 4))
+    assert image_hashes(flat) != image_hashes(flat.reshape(1, 1, 4, 4))
 
 
 def test_most_confused_pairs_from_a_runs_csv(tmp_path):
@@ -148,12 +148,12 @@ def test_file_split_sizes_boxes_and_overlays(tmp_path):
     boxes = [(10, 5, 40, 25), None, (0, 0, 20, 20), None]
     split = file_split([*paths, broken], [1, 0, 1, 0], boxes)
     assert split.labels.tolist() == [1, 0, 1, 0]
-    sizes = eda.image_sizes(split)
+    sizes = split.stored_sizes()
     assert sizes[:3].tolist() == [[60, 40], [30, 50], [20, 20]] and np.isnan(sizes[3]).all()
-    found = eda.image_boxes(split)
+    found = split.boxes()
     assert found[0].tolist() == [10, 5, 40, 25] and np.isnan(found[1]).all() and np.isnan(found[3]).all()
     assert eda.box_area_fraction(sizes, found)[[0, 2]].tolist() == [0.25, 1.0]
-    assert eda.image_boxes(file_split(paths, [0, 0, 0])) is None
+    assert file_split(paths, [0, 0, 0]).boxes() is None
     fig = eda.plot_boxes(split, ["car", "truck"], count=6)  # only the two files that have a box
     assert [ax.get_title() for ax in fig.axes] == ["truck", "truck"]
     assert [p.get_width() for ax in fig.axes for p in ax.patches] == [30, 20]
@@ -169,18 +169,18 @@ def test_file_split_pixels_are_the_models_evaluation_view(tmp_path):
     split = file_split([*paths, broken], [0, 1, 0, 1, 0, 1])
     split.view = None  # a training split's view is random; statistics must not depend on it
     expected = torch.stack([eval_view(16)(load_base(p, 16)) for p in paths])
-    assert torch.equal(eda.model_input(split, 3), expected[3])
-    batches = list(eda.pixel_batches(split, batch_size=4))
+    assert torch.equal(split.model_input(3), expected[3])
+    batches = list(split.pixel_batches(batch_size=4))
     assert torch.equal(torch.cat(batches), expected)  # the broken file is left out, nothing else
-    mean, std = eda.channel_stats(eda.pixel_batches(split))
+    mean, std = eda.channel_stats(split.pixel_batches())
     x = expected.double() / 255
     assert np.allclose(mean, x.mean(dim=(0, 2, 3)).tolist()) and np.allclose(std, x.std(dim=(0, 2, 3),
                                                                                           unbiased=False).tolist())
-    sample = eda.sample_indices(6, 3, seed=1)
-    assert len(set(sample)) == 3 and sample == sorted(sample) and sample == eda.sample_indices(6, 3, seed=1)
-    assert torch.cat(list(eda.pixel_batches(split, limit=3, seed=1))).shape[0] == 3 - (5 in sample)
+    sample = sample_indices(6, 3, seed=1)
+    assert len(set(sample)) == 3 and sample == sorted(sample) and sample == sample_indices(6, 3, seed=1)
+    assert torch.cat(list(split.pixel_batches(limit=3, seed=1))).shape[0] == 3 - (5 in sample)
     with pytest.raises(ValueError, match="No images"):
-        eda.channel_stats(eda.pixel_batches(file_split([broken], [0])))
+        eda.channel_stats(file_split([broken], [0]).pixel_batches())
 
 
 def test_duplicate_files_found_by_their_bytes(tmp_path):
@@ -188,7 +188,7 @@ def test_duplicate_files_found_by_their_bytes(tmp_path):
     copy = tmp_path / "copy.png"
     shutil.copy(a, copy)
     splits = {"train": file_split([a, b], [0, 1]), "test": file_split([copy], [1])}
-    assert eda.file_hashes([a, copy, b])[0] == eda.file_hashes([copy])[0] != eda.file_hashes([b])[0]
+    assert file_hashes([a, copy, b])[0] == file_hashes([copy])[0] != file_hashes([b])[0]
     summary = eda.duplicate_summary(eda.find_duplicates(splits), list(splits))
     assert summary.loc["train & test"].tolist() == [1, 1] and summary.loc["train"].tolist() == [0, 0]
 

@@ -94,7 +94,7 @@ def test_broken_test_image_stops_setup_naming_it_or_is_skipped(tmp_path: Path) -
     with pytest.warns(UserWarning, match=rf"Leaving out unreadable images .*{bad}"):
         dm.setup("fit")
     assert len(dm.splits["test"]) == 3 and bad not in {f.path for f in dm.splits["test"].files}
-    assert dm.file_data.skipped == {bad}
+    assert dm.source.skipped == {bad}
 
 
 def test_image_broken_after_setup_is_named_or_skipped_with_a_count(tmp_path: Path) -> None:
@@ -108,14 +108,14 @@ def test_image_broken_after_setup_is_named_or_skipped_with_a_count(tmp_path: Pat
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG")
     batch = first_batch(dm, "train")
     with pytest.raises(UserError, match=rf"Cannot read image {bad} \(.*\).*--data.skip_bad_images true"):
-        dm.file_data.clean_batch(batch, dm.splits["train"])
+        dm.source.clean_batch(batch, dm.splits["train"])
     bad.write_bytes((tmp_path / "b" / "0.jpg").read_bytes())
     dm = ImageDataModule(**kwargs, skip_bad_images=True)
     dm.setup("fit")
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG")
     with pytest.warns(UserWarning, match=rf"Skipping unreadable image {bad} .* 1 skipped so far"):
-        images, labels = dm.file_data.clean_batch(first_batch(dm, "train"), dm.splits["train"])
-    assert images.shape == (7, 3, 16, 16) and len(labels) == 7 and dm.file_data.skipped == {bad}
+        images, labels = dm.source.clean_batch(first_batch(dm, "train"), dm.splits["train"])
+    assert images.shape == (7, 3, 16, 16) and len(labels) == 7 and dm.source.skipped == {bad}
 
 
 def test_class_with_a_single_image_is_warned_about(tmp_path: Path) -> None:
@@ -135,14 +135,14 @@ def test_cache_matches_decoding_and_goes_stale(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(UserError, match="No image cache in .*imgclf.train.cache_images"):
         ImageDataModule(**kwargs, cache_dir=str(cache_dir)).setup("fit")
     dm = ImageDataModule(**kwargs, cache_dir=str(cache_dir))
-    dm.file_data.build_cache()
+    dm.build_cache()
     dm.setup("fit")
     plain = ImageDataModule(**kwargs)
     plain.setup("fit")
     cached_images, cached_labels, _ = first_batch(dm, "test")
     images, labels, _ = first_batch(plain, "test")
     assert torch.equal(cached_labels, labels) and torch.equal(cached_images, images)
-    files, size = dm.file_data.files.all_files(), dm.file_data.input_size
+    files, size = dm.source.files.all_files(), dm.source.input_size
     (root / "a" / "0.jpg").touch()  # a changed image (new mtime) invalidates the cache
     with pytest.raises(UserError, match="stale"):
         open_cache(cache_dir, root, files, size, False, 0.1)

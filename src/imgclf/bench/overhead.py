@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.bench.pipeline import build
-from imgclf.data.readers import ImageArrays
 
 
 def _now(device: torch.device) -> float:
@@ -56,8 +55,7 @@ def plain_step_seconds(config: dict, data_root: Path | None, warmup: int, steps:
     device = torch.device("cuda" if on_gpu else "cpu")
     data.setup("fit")
     # Without a trainer the data stays on the CPU: put it on the device, as the DataModule does in Lightning.
-    data.splits = {name: ImageArrays(split.images.to(device), split.labels.to(device))
-                   for name, split in data.splits.items()}
+    data.splits = {name: split.to(device) for name, split in data.splits.items()}
     model = model.to(device)
     model.setup("fit")  # what Lightning does before fitting: channels_last and compile, as the config says
     if hasattr(model.net, "init_whitening"):

@@ -15,7 +15,6 @@ from lightning.pytorch.cli import instantiate_class
 
 from imgclf.bench.curve import Curve
 from imgclf.data.datamodule import ImageDataModule
-from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
 from imgclf.train.run import DATA_TO_MODEL
@@ -33,8 +32,7 @@ class TestAsValidation(ImageDataModule):
         super().setup(stage)
         if self.limit:
             for name, n in [("train", self.limit[0]), ("test", self.limit[1])]:
-                split = self.splits[name]
-                self.splits[name] = ImageArrays(split.images[:n], split.labels[:n])
+                self.splits[name] = self.splits[name].head(n)
 
     def val_dataloader(self):
         return self.test_dataloader()

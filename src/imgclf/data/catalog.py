@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgclf.data import folders, readers, stanford_cars
+from imgclf.data import folders, readers, stanford_cars, transforms
+from imgclf.data.arrays import ImageArrays
 from imgclf.data.augment import AugmentPolicy
 from imgclf.data.image_files import IMAGENET_MEAN, IMAGENET_STD, ImageFiles, SplitOptions
-from imgclf.data.readers import DEBIAN_FASHION_MNIST, ImageArrays
+from imgclf.data.readers import DEBIAN_FASHION_MNIST
 from imgclf.errors import UserError
 
 
@@ -39,6 +40,11 @@ class DatasetSpec:
     @property
     def channels(self) -> int:
         return len(self.mean)
+
+    def base_size(self, image_size: tuple[int, int] | list[int]) -> int:
+        """Side of the square evaluation resizes a whole image to before taking the centre `image_size`: 8/7 of
+        it for image files (transforms.base_size), the image size itself for datasets held in memory."""
+        return transforms.base_size(image_size[0]) if self.list_files is not None else max(image_size)
 
     @property
     def pull_command(self) -> str:

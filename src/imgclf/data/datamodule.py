@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -12,19 +13,10 @@ from imgclf.data.catalog import get_dataset
 from imgclf.data.class_counts import check_class_counts
 from imgclf.data.file_loaders import FileData
 from imgclf.data.image_files import SplitOptions
-from imgclf.data.memory_loaders import InMemoryBatches
-from imgclf.data.readers import ImageArrays
+from imgclf.data.interface import Batch, DataSource, Split
+from imgclf.data.memory_loaders import InMemoryData
 from imgclf.distributed import per_device_batch_size
 from imgclf.errors import UserError
-
-
-def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic split of range(n) into (train, val) indices, both sorted; depends only on n and seed."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise UserError(f"--data.val_fraction must be in [0, 1), got {val_fraction}.")
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    n_val = round(n * val_fraction)
-    return order[n_val:].sort().values, order[:n_val].sort().values
 
 
 class ImageDataModule(L.LightningDataModule):
@@ -86,13 +78,16 @@ class ImageDataModule(L.LightningDataModule):
         self.val_fraction, self.split_seed, self.augment = val_fraction, split_seed, augment
         self.global_batch_size = global_batch_size
         self.shuffle_seed = 0
-        self.splits: dict[str, ImageArrays] = {}
-        self.file_data: FileData | None = None
+        self.splits: dict[str, Split] = {}
+        # The two kinds of dataset (interface.py) part here; past this point nothing asks which one it holds.
+        self.source: DataSource
         if self.spec.list_files is not None:  # large images: decoded in DataLoader workers (file_loaders.py)
             options = SplitOptions(val_fraction, test_fraction, split_seed)
-            self.file_data = FileData(self.spec, self.root, options, input_size, num_workers, crop_to_box,
-                                      box_padding, skip_bad_images, cache_dir)
-            self.spec = self.file_data.spec  # now with the class names read from disk
+            self.source = FileData(self.spec, self.root, options, input_size, num_workers, crop_to_box,
+                                   box_padding, skip_bad_images, cache_dir)
+        else:  # small datasets: whole in memory, on the training device (memory_loaders.py)
+            self.source = InMemoryData(self.spec, self.root, val_fraction, split_seed)
+        self.spec = self.source.spec  # for image files, now with the class names read from disk
 
     # What the model needs to know about the data (linked into the model's arguments by the CLI).
     @property
@@ -131,66 +126,50 @@ class ImageDataModule(L.LightningDataModule):
             self.shuffle_seed = self.trainer.strategy.broadcast(torch.initial_seed() % 2**31)
         if self.splits:
             return
-        if self.file_data is not None:
-            self.splits = self.file_data.datasets()
-        else:
-            self.splits = self.read_in_memory()
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        self.splits = self.source.datasets(device)
         warning = check_class_counts(self.class_names, {name: split.labels.tolist()
                                                         for name, split in self.splits.items()})
         if warning:
             rank_zero_warn(warning)
 
-    def read_in_memory(self) -> dict[str, ImageArrays]:
-        self.spec.fetch(self.root, download=False)  # a clear error if rank 0's download did not land
-        full_train = self.spec.read(self.root, True)
-        train_idx, val_idx = split_train_val(len(full_train), self.val_fraction, self.split_seed)
-        splits = {"train": full_train.subset(train_idx), "val": full_train.subset(val_idx),
-                  "test": self.spec.read(self.root, False)}
-        for name, split in splits.items():
-            if split.labels.numel() and int(split.labels.max()) >= self.num_classes:
-                raise UserError(f"The {name} split of {self.spec.name} in {self.root} holds label "
-                                f"{int(split.labels.max())}, but the dataset has {self.num_classes} classes.")
-        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        # Small datasets live on the training device as uint8: no host-to-device copy per step.
-        return {name: ImageArrays(s.images.to(device), s.labels.to(device)) for name, s in splits.items()}
+    def _batches(self, split: str, train: bool) -> Iterable[Batch]:
+        batch_size = self.batch_size if train else self.eval_batch_size
+        return self.source.loader(self.splits[split], batch_size, train, self.trainer, self.shuffle_seed)
 
-    def _batches(self, split: str, train: bool) -> InMemoryBatches:
-        if self.file_data is not None:
-            batch_size = self.batch_size if train else self.eval_batch_size
-            return self.file_data.loader(self.splits[split], batch_size, train, self.trainer)
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        return InMemoryBatches(
-            self.splits[split],
-            self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
-            seed=self.shuffle_seed,
-            rank=rank,
-            world_size=world,
-            epoch=lambda: self.trainer.current_epoch if self.trainer else 0,
-        )
-
-    def train_dataloader(self) -> InMemoryBatches:
+    def train_dataloader(self) -> Iterable[Batch]:
         return self._batches("train", train=True)
 
-    def val_dataloader(self) -> InMemoryBatches:
+    def val_dataloader(self) -> Iterable[Batch]:
         if not len(self.splits["val"]):
             return []
         return self._batches("val", train=False)
 
-    def test_dataloader(self) -> InMemoryBatches:
+    def test_dataloader(self) -> Iterable[Batch]:
         return self._batches("test", train=False)
 
-    def predict_dataloader(self) -> InMemoryBatches:
+    def predict_dataloader(self) -> Iterable[Batch]:
         return self._batches("test", train=False)
+
+    def evaluation_batches(self, split: str, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) of `split` as evaluation feeds them to the model, all in this process (no DDP shards):
+        image files centre-cropped by the DataLoader workers, an unreadable one named in a UserError or, with
+        --data.skip_bad_images, left out, exactly as at test time. `limit`: only the first images."""
+        return self.source.evaluation_batches(self.splits[split], self.eval_batch_size, limit)
+
+    def build_cache(self) -> Path:
+        """Decode and resize every image file once into --data.cache_dir (imgclf.train.cache_images); returns
+        the folder. A UserError for datasets held in memory: there is nothing to cache."""
+        return self.source.build_cache()
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int):
-        if self.file_data is None or not isinstance(batch, (tuple, list)) or len(batch) != 3:
-            return batch
-        # File batches are (images, labels, indices); unreadable files are dropped or named here.
+        if not isinstance(batch, (tuple, list)):
+            return batch  # the model summary's example input: a bare tensor, not a batch
+        # File batches carry each image's index, so an unreadable file is named (or dropped) here.
         trainer = self.trainer
         evaluating = trainer.validating or trainer.sanity_checking
         split = "train" if trainer.training else "val" if evaluating else "test"
-        return self.file_data.clean_batch(batch, self.splits[split])
+        return self.source.clean_batch(batch, self.splits[split])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         training = self.trainer is not None and self.trainer.training

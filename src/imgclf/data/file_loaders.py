@@ -1,4 +1,4 @@
-"""The DataModule's DataLoader path, for datasets of image files (DatasetSpec.list_files is set).
+"""The DataModule's path for datasets of image files (DatasetSpec.list_files is set), batched by DataLoaders.
 
 The files are listed when the DataModule is built (the model needs the class names before setup), decoded
 and augmented in DataLoader workers, and batched on the host; the in-memory path is not involved.
@@ -7,6 +7,7 @@ and augmented in DataLoader workers, and batched on the host; the in-memory path
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,11 +21,12 @@ from imgclf.data import transforms
 from imgclf.data.cache import build_cache, open_cache
 from imgclf.data.catalog import DatasetSpec
 from imgclf.data.image_files import ImageFileDataset, SplitOptions, bad_images_message, drop_bad_images, find_bad_images
+from imgclf.data.interface import Batch
 from imgclf.errors import UserError
 
 
 class FileData:
-    """File lists, per-split Datasets and DataLoaders of one file dataset."""
+    """File lists, per-split Datasets and DataLoaders of one file dataset (the DataSource of interface.py)."""
 
     def __init__(self, spec: DatasetSpec, root: Path, options: SplitOptions, input_size: int,
                  num_workers: int | None, crop_to_box: bool, box_padding: float, skip_bad_images: bool,
@@ -55,7 +57,8 @@ class FileData:
         self.files = self.files.without(set(bad))
         self.skipped |= set(bad)
 
-    def datasets(self) -> dict[str, ImageFileDataset]:
+    def datasets(self, device: torch.device) -> dict[str, ImageFileDataset]:
+        """The splits; `device` does not matter: files are decoded on the host, batches move step by step."""
         cache = None
         if self.cache_dir is not None:  # the cache was built from decoded files and lists the unreadable ones
             cache = open_cache(self.cache_dir, self.root, self.files.all_files(), self.input_size,
@@ -69,8 +72,9 @@ class FileData:
             for split, files in self.files.splits.items()
         }
 
-    def loader(self, dataset: ImageFileDataset, batch_size: int, train: bool,
-               trainer: L.Trainer | None) -> DataLoader:
+    def loader(self, dataset: ImageFileDataset, batch_size: int, train: bool, trainer: L.Trainer | None,
+               seed: int) -> DataLoader:
+        """`seed` is not needed: under DDP, Lightning's DistributedSampler shuffles alike on every rank."""
         sampler = None
         if not train and trainer is not None and trainer.world_size > 1:
             # Lightning would pad evaluation shards with repeated images; this sampler does not, so every test
@@ -87,8 +91,14 @@ class FileData:
             pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU asynchronously
         )
 
-    def clean_batch(self, batch, dataset: ImageFileDataset) -> tuple[torch.Tensor, torch.Tensor]:
+    def clean_batch(self, batch: Batch, dataset: ImageFileDataset) -> tuple[torch.Tensor, torch.Tensor]:
         return drop_bad_images(batch, dataset, self.skip_bad_images, self.skipped)
+
+    def evaluation_batches(self, dataset: ImageFileDataset, batch_size: int,
+                           limit: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        first = dataset.evaluation_view().head(limit)
+        for batch in self.loader(first, batch_size, train=False, trainer=None, seed=0):
+            yield self.clean_batch(batch, first)
 
     def build_cache(self) -> Path:
         if self.cache_dir is None:

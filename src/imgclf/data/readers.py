@@ -1,7 +1,7 @@
 """Readers for the in-memory datasets, one per on-disk format.
 
-Each returns `ImageArrays`: uint8 images [N, C, H, W] and int64 labels, the form the training loop
-keeps on the device. Files are validated while read so a truncated or corrupt download gives a
+Each returns `ImageArrays` (arrays.py): uint8 images [N, C, H, W] and int64 labels, the form the training
+loop keeps on the device. Files are validated while read so a truncated or corrupt download gives a
 `UserError` that names the file, not a numpy shape error deep inside training.
 
 Published checksums are checked where they exist. A file that holds exactly as many images as the
@@ -16,32 +16,13 @@ import gzip
 import hashlib
 import pickle
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from imgclf.data.arrays import ImageArrays
 from imgclf.errors import UserError
-
-
-@dataclass(frozen=True)
-class ImageArrays:
-    images: torch.Tensor  # uint8 [N, C, H, W]
-    labels: torch.Tensor  # int64 [N]
-
-    def __post_init__(self) -> None:
-        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
-            raise ValueError(f"images must be uint8 [N, C, H, W], got {self.images.dtype} {tuple(self.images.shape)}")
-        if self.labels.shape != (self.images.shape[0],):
-            raise ValueError(f"{self.images.shape[0]} images but labels of shape {tuple(self.labels.shape)}")
-
-    def __len__(self) -> int:
-        return self.images.shape[0]
-
-    def subset(self, index: torch.Tensor) -> ImageArrays:
-        return ImageArrays(self.images[index], self.labels[index])
-
 
 # ----------------------------------------------------------------------------- digits (scikit-learn)
 DIGITS_TEST_FRACTION = 0.2

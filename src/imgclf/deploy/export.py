@@ -26,7 +26,6 @@ import torch
 from onnx import numpy_helper
 
 from imgclf.atomic import atomic_path, storage_error
-from imgclf.data import transforms
 from imgclf.data.catalog import DATASETS
 from imgclf.deploy.card import card_fields
 from imgclf.deploy.compat import DEFAULT_OPSET, OLDEST_OPSET, minimum_onnxruntime
@@ -102,10 +101,8 @@ def export_checkpoint(ckpt: Checkpoint, output: Path, opset: int = DEFAULT_OPSET
     model = onnx_graph(ckpt.model.network_module().eval(), hp.in_channels, list(hp.image_size), opset)
     dataset = ckpt.datamodule_hparams.get("dataset", "unknown")
     spec = DATASETS.get(dataset)
-    # Image-file models were evaluated on load_base's squashed base square (transforms.py): the predictor
-    # must rebuild that square, so its side goes into the metadata.
-    file_data = spec is not None and spec.list_files is not None
-    base_size = transforms.base_size(hp.image_size[0]) if file_data else max(hp.image_size)
+    # The predictor must rebuild the square evaluation resized each image to, so its side goes into the metadata.
+    base_size = spec.base_size(hp.image_size) if spec is not None else max(hp.image_size)
     metadata = ModelMetadata(
         class_names=list(ckpt.model.class_names), image_size=list(hp.image_size), in_channels=hp.in_channels,
         mean=list(hp.mean), std=list(hp.std), dataset=dataset, network=hp.network,

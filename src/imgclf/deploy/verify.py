@@ -16,7 +16,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch.utils.data import Subset
 
 from imgclf.atomic import write_text
 from imgclf.data.datamodule import ImageDataModule
@@ -63,22 +62,11 @@ def check_same_model(metadata: ModelMetadata, ckpt: Checkpoint, model_path: Path
 
 def evaluation_arrays(datamodule: ImageDataModule, split: str,
                       limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [N, C, H, W] raw pixels, labels) of a split as evaluation feeds them to the model.
-
-    In-memory splits hold their images already; image-file splits are decoded through the DataModule's own
-    evaluation loader (centre crop, its workers), and an unreadable file is named in a UserError or, with
-    --data.skip_bad_images, left out, exactly as at test time. `limit`: only the first images.
-    """
-    data = datamodule.splits[split]
-    if datamodule.file_data is None:
-        images, labels = data.images[:limit], data.labels[:limit]
-    else:
-        view = data.evaluation_view()
-        subset = view if limit is None else Subset(view, range(min(limit, len(view))))
-        batches = [datamodule.file_data.clean_batch(batch, view)
-                   for batch in datamodule.file_data.loader(subset, datamodule.eval_batch_size, False, None)]
-        images = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0)
-        labels = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0)
+    """(float32 [N, C, H, W] raw pixels, labels) of a split as evaluation feeds them to the model (an unreadable
+    image file named in a UserError or, with --data.skip_bad_images, left out). `limit`: only the first images."""
+    batches = list(datamodule.evaluation_batches(split, limit))
+    images = torch.cat([b[0] for b in batches]) if batches else torch.zeros(0)
+    labels = torch.cat([b[1] for b in batches]) if batches else torch.zeros(0)
     if not len(labels):
         raise UserError(f"The {split} split of the {datamodule.spec.name} data in {datamodule.root} holds no "
                         f"readable images, so there is nothing to verify the model on. For an image folder, "

@@ -6,14 +6,13 @@ import itertools
 from collections.abc import Mapping
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from imgclf.data.decode import decode_image
-from imgclf.data.image_files import ImageFileDataset
-from imgclf.eda.splits import Split, model_input
+from imgclf.data.interface import Split
 
 
 def plot_class_distribution(counts: pd.DataFrame, title: str) -> Figure:
@@ -39,7 +38,7 @@ def sample_grid(split: Split, class_names: list[str], per_class: int = 8,
         for ax, i in itertools.zip_longest(row, index.tolist()):
             ax.axis("off")
             if i is not None:
-                image = model_input(split, i).cpu().permute(1, 2, 0).numpy()
+                image = split.model_input(i).cpu().permute(1, 2, 0).numpy()
                 ax.imshow(image.squeeze(-1) if image.shape[-1] == 1 else image, cmap="gray", vmin=0, vmax=255)
         row[0].text(-0.1, 0.5, class_names[c], transform=row[0].transAxes, ha="right", va="center")
     fig.subplots_adjust(left=0.2, right=0.98, bottom=0.02, top=1 - 0.5 / height, wspace=0.05, hspace=0.05)
@@ -63,17 +62,19 @@ def plot_sizes(tables: Mapping[str, pd.DataFrame]) -> Figure:
     return fig
 
 
-def plot_boxes(split: ImageFileDataset, class_names: list[str], count: int = 6) -> Figure:
+def plot_boxes(split: Split, class_names: list[str], count: int = 6) -> Figure:
     """The split's first `count` images that have a box, as stored (before any crop), with the box in red."""
-    files = [file for file in split.files if file.box is not None][:count]
-    if not files:
-        raise ValueError("No file in this split has a bounding box.")
-    fig, axes = plt.subplots(1, len(files), squeeze=False, figsize=(3 * len(files), 3))
-    for ax, file in zip(axes[0], files, strict=True):
-        x1, y1, x2, y2 = file.box
-        ax.imshow(decode_image(file.path, "RGB", orient=False))  # the stored frame: the one boxes are given in
+    boxes = split.boxes()
+    boxed = [] if boxes is None else np.flatnonzero(~np.isnan(boxes).any(axis=1))[:count].tolist()
+    if not boxed:
+        raise ValueError("No image in this split has a bounding box.")
+    labels = split.labels.tolist()
+    fig, axes = plt.subplots(1, len(boxed), squeeze=False, figsize=(3 * len(boxed), 3))
+    for ax, i in zip(axes[0], boxed, strict=True):
+        x1, y1, x2, y2 = boxes[i]
+        ax.imshow(split.stored_image(i))
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="red", linewidth=2))
-        ax.set_title(class_names[file.label], fontsize=8)
+        ax.set_title(class_names[labels[i]], fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     return fig

@@ -3,7 +3,6 @@ and boxes, and the most confused class pairs of a trained run."""
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -11,10 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
-from imgclf.data.image_files import ImageFileDataset
-from imgclf.eda.splits import Split, is_file_dataset
+from imgclf.data.interface import Split
 
 NORMALIZATION_TOLERANCE = 0.01  # on the 0-1 scale; the catalog's constants are rounded to 4 decimals
 
@@ -40,7 +37,7 @@ def imbalance_ratio(counts: pd.DataFrame) -> pd.Series:
 def channel_stats(images: torch.Tensor | Iterable[torch.Tensor],
                   chunk: int = 8192) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std on the 0-1 scale of uint8 images [N, C, H, W], or of all the
-    images in an iterable of such batches (`pixel_batches`).
+    images in an iterable of such batches (a split's `pixel_batches()`).
 
     Sums in float64 over chunks: one float copy of a whole dataset would cost 8x its uint8 size.
     """
@@ -80,35 +77,11 @@ def normalization_check(images: torch.Tensor | Iterable[torch.Tensor], mean: lis
 
 
 # ----------------------------------------------------------------------------- exact duplicates
-def image_hashes(images: torch.Tensor) -> list[str]:
-    """A digest of each image's bytes and shape: equal digests mean pixel-identical images."""
-    array = np.ascontiguousarray(images.cpu().numpy())
-    return [hashlib.blake2b(image.tobytes() + str(image.shape).encode(), digest_size=16).hexdigest()
-            for image in array]
-
-
-def file_hashes(paths: Iterable[str | Path]) -> list[str]:
-    """A digest of each file's bytes: equal digests mean byte-identical files.
-
-    Hashing the files rather than decoded pixels reads each file once and decodes nothing (hundreds of MB/s,
-    against about 180 decoded JPEGs/s); the same picture saved twice with other encoder settings is not caught.
-    """
-    def digest(path: str | Path) -> str:
-        with open(path, "rb") as file:
-            return hashlib.file_digest(file, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
-
-    return [digest(path) for path in paths]
-
-
-def split_hashes(split: Split) -> list[str]:
-    """Pixel digests for in-memory splits, file digests for splits of image files."""
-    return file_hashes(f.path for f in split.files) if is_file_dataset(split) else image_hashes(split.images)
-
-
 def find_duplicates(splits: Mapping[str, Split]) -> pd.DataFrame:
-    """Every image whose exact bytes occur more than once, anywhere: columns hash, split, index, label."""
+    """Every image whose exact bytes (pixels in memory, file bytes for image files) occur more than once,
+    anywhere: columns hash, split, index, label."""
     frame = pd.concat(
-        [pd.DataFrame({"hash": split_hashes(split), "split": name,
+        [pd.DataFrame({"hash": split.content_hashes(), "split": name,
                        "index": range(len(split)), "label": split.labels.cpu().numpy()})
          for name, split in splits.items()],
         ignore_index=True,
@@ -154,26 +127,6 @@ def most_confused_pairs(confusion_csv: str | Path, top: int = 10) -> pd.DataFram
 
 
 # ----------------------------------------------------------------------------- images of varying sizes
-def image_sizes(split: ImageFileDataset) -> np.ndarray:
-    """(width, height) of each file as stored, [N, 2], read from the headers only (nothing is decoded);
-    NaN for a file Pillow cannot open."""
-    sizes = np.full((len(split.files), 2), np.nan)
-    for i, file in enumerate(split.files):
-        try:
-            with Image.open(file.path) as image:
-                sizes[i] = image.size
-        except Exception:  # Pillow raises OSError, ValueError, SyntaxError... for broken files
-            pass
-    return sizes
-
-
-def image_boxes(split: ImageFileDataset) -> np.ndarray | None:
-    """Each file's object box (x1, y1, x2, y2), [N, 4], NaN where a file has none; None if no file has one."""
-    if all(file.box is None for file in split.files):
-        return None
-    return np.array([file.box if file.box is not None else [np.nan] * 4 for file in split.files], dtype=np.float64)
-
-
 def size_table(sizes: np.ndarray, boxes: np.ndarray | None = None) -> pd.DataFrame:
     """Width, height and aspect ratio (width / height) of each image, from an array [N, 2] of (w, h); with
     boxes [N, 4], also the share of each image its box covers ("box area fraction")."""

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from imgclf.data.datamodule import ImageDataModule
-from imgclf.errors import UserError, exit_on_user_error
+from imgclf.errors import exit_on_user_error
 from imgclf.model.classifier import ImageClassifier
 from imgclf.train.run import DEFAULT_CONFIG, ImageClassificationCLI
 
@@ -32,10 +32,7 @@ def main(args: list[str] | None = None, default_config: Path | None = None) -> P
     cli = CacheCLI(ImageClassifier, ImageDataModule, run=False, args=args,
                    parser_kwargs={"default_config_files": [str(default_config)] if default_config else []})
     data = cli.datamodule
-    if data.file_data is None:
-        raise UserError(f"The {data.spec.name} dataset is held in memory whole; only datasets of image files "
-                        f"(stanford_cars, folder) have an image cache.")
-    folder = data.file_data.build_cache()
+    folder = data.build_cache()
     print(f"Image cache of {data.describe()} written to {folder}/", file=sys.stderr)
     return folder
 
