@@ -8,21 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader, Subset
 
 from imgclf.data.datamodule import ImageDataModule
 from imgclf.data.image_files import BAD_LABEL, ImageFileDataset
 from imgclf.data.readers import ImageArrays
 from imgclf.errors import UserError
+from imgclf.train.config import load
 
 Split = ImageArrays | ImageFileDataset
 
 
 def load_datamodule(config: str | Path) -> ImageDataModule:
-    """The DataModule a training run with this config would build (its `data:` section), not yet set up."""
-    data = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
-    return ImageDataModule(**data)
+    """The DataModule `main.py --config <config>` would build (over configs/default.yaml), not yet set up."""
+    return load([config], build=["data"]).datamodule
 
 
 def open_datasets(configs: Iterable[str | Path]) -> dict[str, ImageDataModule]:
@@ -36,7 +35,7 @@ def open_datasets(configs: Iterable[str | Path]) -> dict[str, ImageDataModule]:
         try:
             datamodule = load_datamodule(config)
             datamodule.setup()
-        except (UserError, OSError, TypeError) as e:  # TypeError: a key the DataModule does not take
+        except (UserError, OSError) as e:
             print(f"skipped {config}: {e}")
             continue
         modules[datamodule.spec.name] = datamodule
