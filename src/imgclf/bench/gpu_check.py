@@ -15,13 +15,14 @@
 The GPU machine has torch, lightning, torchvision, torchmetrics, onnx and onnxruntime but neither jsonargparse
 (LightningCLI) nor dvc: put the wheels of jsonargparse, docstring-parser and typeshed-client in .whl/ (pip
 download --no-deps -d .whl jsonargparse docstring-parser typeshed-client, versions from uv.lock); this script
-installs them into <out>/site without the network. Without dvclive, runs log to CSV only.
+installs them into .whl/site without the network. Without dvclive, runs log to CSV only.
 Multi-GPU DDP is not checked here: the machine has one GPU.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,13 +32,31 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]  # the checkout
-sys.path.insert(0, str(REPO / "src"))
+CARRIED_SITE = REPO / ".whl" / "site"  # where the carried wheels are installed
+
+
+def import_paths() -> list[str]:
+    """src/ and, where jsonargparse is missing, the carried wheels, installed into CARRIED_SITE."""
+    if importlib.util.find_spec("jsonargparse") is not None:
+        return [str(REPO / "src")]
+    wheels = sorted((REPO / ".whl").glob("*.whl"))
+    if not wheels:
+        sys.exit("error: jsonargparse is not installed and .whl/ holds no wheels: see this script's docstring.")
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target",
+                    str(CARRIED_SITE), *map(str, wheels)], check=True)
+    return [str(REPO / "src"), str(CARRIED_SITE)]
+
+
+# Before the imports below: the benchmark builds its runs with main.py's parser (LightningCLI), and Lightning
+# looks for jsonargparse once, when lightning.pytorch.cli is first imported.
+IMPORT_PATHS = import_paths()
+sys.path[:0] = IMPORT_PATHS
 
 import lightning as L  # noqa: E402
 import torch  # noqa: E402
 
 from imgclf.bench.overhead import lightning_step_seconds  # noqa: E402
-from imgclf.bench.pipeline import build, load_config, run_pipeline  # noqa: E402
+from imgclf.bench.pipeline import build, run_pipeline  # noqa: E402
 from imgclf.data.datamodule import ImageDataModule  # noqa: E402
 from imgclf.model.classifier import ImageClassifier  # noqa: E402
 
@@ -53,27 +72,14 @@ SMOKE_MAIN_ARGS = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-tr
                    "--trainer.limit_test_batches", str(SMOKE_TEST_BATCHES)]
 
 
-def smoke_config(config: dict) -> dict:
-    trainer = {**config["trainer"], "accelerator": "cpu", "precision": "32-true", "benchmark": False,
-               "max_epochs": 1, "limit_train_batches": 4, "limit_val_batches": 1}
-    model = {**config["model"], "network": "airbench_small", "channels_last": False}
-    return {**config, "trainer": trainer, "model": model}
+def recipe_args(smoke: bool) -> list[str]:
+    """main.py's arguments for the checked recipe (cut down with --smoke), for main.py and the benchmark alike."""
+    return ["--config", str(CONFIG), *(SMOKE_MAIN_ARGS if smoke else [])]
 
 
-def python_env(out: Path) -> dict[str, str]:
-    """This interpreter's environment with src/ and, where jsonargparse is missing, the carried wheels."""
-    paths = [str(REPO / "src")]
-    try:
-        import jsonargparse  # noqa: F401
-    except ImportError:
-        site = out / "site"
-        wheels = sorted((REPO / ".whl").glob("*.whl"))
-        if not wheels:
-            sys.exit("error: jsonargparse is not installed and .whl/ holds no wheels: see this script's docstring.")
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target",
-                        str(site), *map(str, wheels)], check=True)
-        paths.append(str(site))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])}
+def python_env() -> dict[str, str]:
+    """This interpreter's environment, with this process's import paths for the scripts it runs."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([*IMPORT_PATHS, os.environ.get("PYTHONPATH", "")])}
 
 
 def run(args: list[str], env: dict[str, str], log: Path) -> subprocess.CompletedProcess:
@@ -98,8 +104,8 @@ class SyncCounter(L.Callback):
         torch.cuda.set_sync_debug_mode(0)
 
 
-def host_syncs(config: dict, warmup: int = 5, steps: int = 30) -> dict:
-    trainer_config, model, data, callbacks = build(config, None, None, max_epochs=None,
+def host_syncs(main_args: list[str], warmup: int = 5, steps: int = 30) -> dict:
+    trainer_config, model, data, callbacks = build(main_args, None, None, max_epochs=None,
                                                    max_steps=warmup + steps, limit_val_batches=0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -109,15 +115,15 @@ def host_syncs(config: dict, warmup: int = 5, steps: int = 30) -> dict:
     for w in syncs:
         place = f"{w.filename}:{w.lineno}"
         places[place] = places.get(place, 0) + 1
-    step_seconds = lightning_step_seconds(config, None, warmup, steps, None)
+    step_seconds = lightning_step_seconds(main_args, None, warmup, steps, None)
     return {"steps": steps, "host_syncs": len(syncs), "per_step": len(syncs) / steps,
             "where": dict(sorted(places.items(), key=lambda kv: -kv[1])[:10]), "steps_per_second": 1 / step_seconds}
 
 
-def seeds_to_target(config: dict, seeds: tuple[int, ...], budget_seconds: float) -> list[dict]:
+def seeds_to_target(main_args: list[str], seeds: tuple[int, ...], budget_seconds: float) -> list[dict]:
     rows = []
     for seed in seeds:
-        curve = run_pipeline({**config, "seed_everything": seed}, None, budget_seconds, stop_at=1.01,
+        curve = run_pipeline([*main_args, "--seed_everything", str(seed)], None, budget_seconds, stop_at=1.01,
                              evals_per_epoch=1)
         final = curve.points[-1] if curve.points else None
         rows.append({"seed": seed, "seconds_to_target": curve.time_to(TARGET),
@@ -136,7 +142,7 @@ def evaluate_checkpoint(ckpt: Path, accelerator: str, limit_test_batches: int | 
 
 
 def main_runs(env: dict[str, str], out: Path, smoke: bool) -> dict:
-    base = ["main.py", "--config", str(CONFIG), "--runs_dir", str(out / "runs"), *(SMOKE_MAIN_ARGS if smoke else [])]
+    base = ["main.py", *recipe_args(smoke), "--runs_dir", str(out / "runs")]
     variants = {"plain": [], "ddp_1gpu": ["--trainer.strategy", "ddp"]}
     if not smoke:  # inductor on a CPU compiles for minutes: the smoke run leaves it out
         variants["compile"] = ["--model.compile", "true"]
@@ -183,10 +189,8 @@ def main() -> None:
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = python_env(out)
-    config = load_config(CONFIG)
-    if args.smoke:
-        config = smoke_config(config)
+    env = python_env()
+    main_args = recipe_args(args.smoke)
     results: dict = {"smoke": args.smoke, "torch": torch.__version__,
                      "device": "cpu" if args.smoke else torch.cuda.get_device_name()}
     print("1. check_env.py")
@@ -194,9 +198,9 @@ def main() -> None:
     results["check_env_exit"] = done.returncode
     if not args.smoke:
         print("2. host syncs and steps/s")
-        results["host_syncs"] = host_syncs(config)
+        results["host_syncs"] = host_syncs(main_args)
     print("3. seeds to 94%")
-    results["seeds"] = seeds_to_target(config, SEEDS[:2] if args.smoke else SEEDS, budget_seconds=120)
+    results["seeds"] = seeds_to_target(main_args, SEEDS[:2] if args.smoke else SEEDS, budget_seconds=120)
     print("4. main.py: plain, compile, ddp")
     results["main"] = main_runs(env, out, args.smoke)
     print("5. metrics.json vs best.ckpt")

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclf.bench.pipeline import build
+from imgclf.train.config import load
 
 
 def _now(device: torch.device) -> float:
@@ -38,20 +39,20 @@ class StepTimer(L.Callback):
             self.end = _now(pl_module.device)
 
 
-def lightning_step_seconds(config: dict, data_root: Path | None, warmup: int, steps: int,
+def lightning_step_seconds(main_args: list[str], data_root: Path | None, warmup: int, steps: int,
                            limit: tuple[int, int] | None) -> float:
-    trainer_config, model, data, _ = build(config, data_root, limit, max_epochs=None,
+    trainer_config, model, data, _ = build(main_args, data_root, limit, max_epochs=None,
                                            max_steps=warmup + steps, limit_val_batches=0)
     timer = StepTimer(warmup, warmup + steps)
     L.Trainer(**trainer_config, callbacks=[timer]).fit(model, datamodule=data)
     return (timer.end - timer.start) / steps
 
 
-def plain_step_seconds(config: dict, data_root: Path | None, warmup: int, steps: int,
+def plain_step_seconds(main_args: list[str], data_root: Path | None, warmup: int, steps: int,
                        limit: tuple[int, int] | None) -> float:
     """The loop one would write by hand: same batches, augmentation, network, loss, optimizer, schedule."""
-    _, model, data, _ = build(config, data_root, limit)
-    on_gpu = torch.cuda.is_available() and config["trainer"].get("accelerator") != "cpu"
+    trainer_config, model, data, _ = build(main_args, data_root, limit)
+    on_gpu = torch.cuda.is_available() and trainer_config["accelerator"] != "cpu"
     device = torch.device("cuda" if on_gpu else "cpu")
     data.setup("fit")
     # Without a trainer the data stays on the CPU: put it on the device, as the DataModule does in Lightning.
@@ -62,7 +63,7 @@ def plain_step_seconds(config: dict, data_root: Path | None, warmup: int, steps:
         model.net.init_whitening(model.normalize(next(iter(data.train_dataloader()))[0].to(device)))
     optimizer, scheduler = model.optimizer_and_scheduler(total_steps=warmup + steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=str(config["trainer"].get("precision", "")).startswith("bf16"))
+                              enabled=str(trainer_config["precision"]).startswith("bf16"))
     step, start = 0, 0.0
     while step < warmup + steps:
         for images, labels in data.train_dataloader():
@@ -82,15 +83,15 @@ def plain_step_seconds(config: dict, data_root: Path | None, warmup: int, steps:
     return (_now(device) - start) / steps
 
 
-def measure_overhead(config: dict, data_root: Path | None, warmup: int, steps: int, repeats: int = 3,
+def measure_overhead(main_args: list[str], data_root: Path | None, warmup: int, steps: int, repeats: int = 3,
                      limit: tuple[int, int] | None = None) -> dict:
     """Per-step seconds of both loops (the best of `repeats` interleaved runs: load from other processes
     only ever adds time), their ratio and the training throughput (images/s)."""
-    batch = config["data"]["batch_size"]
+    batch = load(overrides=main_args, build=[]).config.data.batch_size
     plain = lightning = float("inf")
     for _ in range(repeats):
-        plain = min(plain, plain_step_seconds(config, data_root, warmup, steps, limit))
-        lightning = min(lightning, lightning_step_seconds(config, data_root, warmup, steps, limit))
+        plain = min(plain, plain_step_seconds(main_args, data_root, warmup, steps, limit))
+        lightning = min(lightning, lightning_step_seconds(main_args, data_root, warmup, steps, limit))
     return {"steps": steps, "batch_size": batch,
             "plain_step_ms": 1000 * plain, "lightning_step_ms": 1000 * lightning,
             "overhead_ratio": lightning / plain,

@@ -1,6 +1,6 @@
-"""This project's pipeline as the benchmark runs it: built from a YAML config exactly as main.py would build
-it, but validating on the official test set at fixed fractions of each epoch, with a clock that counts
-training time only."""
+"""This project's pipeline as the benchmark runs it: built from main.py's arguments (`--config X ...`) by
+main.py's own loader (imgclf.train.config), but validating on the official test set at fixed fractions of each
+epoch, with a clock that counts training time only."""
 
 from __future__ import annotations
 
@@ -9,24 +9,23 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import instantiate_class
 
 from imgclf.bench.curve import Curve
 from imgclf.data.datamodule import ImageDataModule
-from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
-from imgclf.train.run import DATA_TO_MODEL
+from imgclf.train.config import load
 
 
 class TestAsValidation(ImageDataModule):
-    """The whole training set for training and the test set as validation (the benchmark's yardstick);
-    `limit` = (train images, test images) cuts both for a quick check."""
+    """The whole training set for training (built with --data.val_fraction 0) and the test set as validation
+    (the benchmark's yardstick); `limit` = (train images, test images) cuts both for a quick check.
 
-    def __init__(self, limit: tuple[int, int] | None = None, **kwargs) -> None:
-        super().__init__(**{**kwargs, "val_fraction": 0.0})
-        self.limit = limit
+    It takes ImageDataModule's arguments unchanged, so main.py's parser reads a config for it as for training.
+    """
+
+    limit: tuple[int, int] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
@@ -68,21 +67,15 @@ class TrainClock(L.Callback):
         self._start = self._now(pl_module)
 
 
-def load_config(path: Path) -> dict:
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"Cannot read the config {path} ({e}); pass a YAML file from configs/.") from e
-
-
-def build(config: dict, data_root: Path | None, limit: tuple[int, int] | None,
+def build(main_args: list[str], data_root: Path | None, limit: tuple[int, int] | None,
           **trainer_overrides) -> tuple[dict, ImageClassifier, TestAsValidation, list[L.Callback]]:
-    """Data, model, Trainer arguments and callbacks from a main.py config; logging, checkpoints and
-    progress bars off."""
-    L.seed_everything(config.get("seed_everything", 0), verbose=False)
-    data = TestAsValidation(limit=limit, **{**config["data"], "root": str(data_root) if data_root else None})
-    model = ImageClassifier(**config["model"], **{key: getattr(data, key) for key in DATA_TO_MODEL})
-    trainer_config = dict(config.get("trainer", {}))
+    """Data, model, Trainer arguments and callbacks from main.py's arguments (e.g. ["--config", X]);
+    logging, checkpoints and progress bars off."""
+    root = ["--data.root", str(data_root)] if data_root else []
+    loaded = load(overrides=[*main_args, *root, "--data.val_fraction", "0"], datamodule_class=TestAsValidation)
+    data, model = loaded.datamodule, loaded.model
+    data.limit = limit
+    trainer_config = loaded.config.trainer.as_dict()
     callbacks = [instantiate_class((), c) for c in trainer_config.pop("callbacks", None) or []]
     callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     trainer_config.update(logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -90,9 +83,9 @@ def build(config: dict, data_root: Path | None, limit: tuple[int, int] | None,
     return trainer_config, model, data, callbacks
 
 
-def run_pipeline(config: dict, data_root: Path | None, budget_seconds: float, stop_at: float,
+def run_pipeline(main_args: list[str], data_root: Path | None, budget_seconds: float, stop_at: float,
                  evals_per_epoch: int, limit: tuple[int, int] | None = None) -> Curve:
-    trainer_config, model, data, callbacks = build(config, data_root, limit, check_val_every_n_epoch=1,
+    trainer_config, model, data, callbacks = build(main_args, data_root, limit, check_val_every_n_epoch=1,
                                                    val_check_interval=1 / evals_per_epoch)
     curve = Curve(f"this pipeline ({model.hparams.network})")
     trainer = L.Trainer(**trainer_config, callbacks=[*callbacks, TrainClock(curve, budget_seconds, stop_at)])

@@ -12,7 +12,7 @@ import torch
 from imgclf.bench.baseline import run_baseline
 from imgclf.bench.curve import Curve
 from imgclf.bench.overhead import measure_overhead
-from imgclf.bench.pipeline import load_config, run_pipeline
+from imgclf.bench.pipeline import run_pipeline
 from imgclf.data.catalog import get_dataset
 
 THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
@@ -45,17 +45,17 @@ def run_benchmark(opts: BenchOptions) -> dict:
     if opts.tiny:  # a smoke test: seconds, not minutes
         opts = replace(opts, budget_seconds=min(opts.budget_seconds, 5.0), evals_per_epoch=1,
                        overhead_steps=min(opts.overhead_steps, 3))
-    config = load_config(opts.config or default_config())
+    main_args = ["--config", str(opts.config or default_config())]
     limit = TINY_LIMIT if opts.tiny else None
     data_root = opts.data_root or get_dataset("fashion_mnist").locate(None)
-    fast = run_pipeline(config, data_root, opts.budget_seconds, max(THRESHOLDS), opts.evals_per_epoch, limit)
+    fast = run_pipeline(main_args, data_root, opts.budget_seconds, max(THRESHOLDS), opts.evals_per_epoch, limit)
     # The baseline only needs to reach what the fast pipeline reached: beyond it there is no ratio to take.
     reached = [t for t in THRESHOLDS if fast.time_to(t) is not None]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     baseline = run_baseline(data_root, device, opts.budget_seconds, max(reached, default=min(THRESHOLDS)),
                             opts.evals_per_epoch, limit)
     warmup = 2 if opts.tiny else 5
-    overhead = measure_overhead(config, data_root, warmup, opts.overhead_steps, limit=limit)
+    overhead = measure_overhead(main_args, data_root, warmup, opts.overhead_steps, limit=limit)
     results = {
         "device": device_name(), "config": str(opts.config or default_config()), "tiny": opts.tiny,
         "budget_seconds": opts.budget_seconds, "evals_per_epoch": opts.evals_per_epoch,

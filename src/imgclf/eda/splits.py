@@ -7,16 +7,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
-
 from imgclf.data.datamodule import ImageDataModule
 from imgclf.errors import UserError
+from imgclf.train.config import load
 
 
 def load_datamodule(config: str | Path) -> ImageDataModule:
-    """The DataModule a training run with this config would build (its `data:` section), not yet set up."""
-    data = (yaml.safe_load(Path(config).read_text()) or {}).get("data") or {}
-    return ImageDataModule(**data)
+    """The DataModule `main.py --config <config>` would build (over configs/default.yaml), not yet set up."""
+    return load([config], build=["data"]).datamodule
 
 
 def open_datasets(configs: Iterable[str | Path]) -> dict[str, ImageDataModule]:
@@ -30,7 +28,7 @@ def open_datasets(configs: Iterable[str | Path]) -> dict[str, ImageDataModule]:
         try:
             datamodule = load_datamodule(config)
             datamodule.setup()
-        except (UserError, OSError, TypeError) as e:  # TypeError: a key the DataModule does not take
+        except (UserError, OSError) as e:
             print(f"skipped {config}: {e}")
             continue
         modules[datamodule.spec.name] = datamodule

@@ -27,7 +27,7 @@ import yaml
 
 from imgclf.atomic import atomic_path, write_text
 from imgclf.errors import UserError, exit_on_user_error
-from imgclf.train.run import PROJECT
+from imgclf.train.config import PROJECT
 from imgclf.train.run_folder import RUN_DIR_ENV
 
 SEED_STUDY = [(0.001, 64), (0.01, 64), (0.001, 128)]  # (lr, batch size), as in the seed study

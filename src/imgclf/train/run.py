@@ -13,15 +13,13 @@ from pathlib import Path
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningCLI
 
 from imgclf.atomic import is_storage_failure, storage_error
-from imgclf.data.datamodule import ImageDataModule
 from imgclf.distributed import check_trainer, with_timeout
 from imgclf.errors import UserError
-from imgclf.model.classifier import ImageClassifier
 from imgclf.train.artifacts import RunArtifacts
 from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
+from imgclf.train.config import ConfigCLI
 from imgclf.train.divergence import DivergenceGuard
 from imgclf.train.run_folder import (
     RUN_DIR_ENV,
@@ -36,9 +34,6 @@ from imgclf.train.tracking import DVCLiveConfusionMatrix
 
 __all__ = ["RUN_DIR_ENV", "ImageClassificationCLI", "main", "new_run_dir"]
 
-PROJECT = Path(__file__).resolve().parents[3]  # the checkout: main.py and configs/ live there
-DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"  # under every config, as main.py passes it
-DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
 LITLOGGER_TIP = "💡 Tip: For seamless cloud logging"
 
 
@@ -82,19 +77,9 @@ def with_atomic_checkpoints(plugins: object) -> list:
     return plugins
 
 
-class ImageClassificationCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--ckpt_path", type=str | None, default=None,
-                            help="Resume training from this checkpoint (e.g. runs/latest/last.ckpt), into a new "
-                                 "run folder.")
-        parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of the run folders.")
-        parser.add_argument("--run_name", type=str | None, default=None,
-                            help="Run folder name under runs_dir, instead of <time>-<dataset>-<network>.")
-        parser.add_argument("--ddp_timeout_s", type=int, default=600,
-                            help="Multi-process runs: seconds a rank waits for the others in a collective "
-                                 "before the job fails (applies to strategies given by name, e.g. ddp).")
-        for key in DATA_TO_MODEL:
-            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+class ImageClassificationCLI(ConfigCLI):
+    """main.py's command line (imgclf.train.config) with what a training run adds: its own folder, the loggers
+    and checkpoints written into it, and the Trainer."""
 
     def before_instantiate_classes(self) -> None:
         config = self.config
@@ -159,16 +144,8 @@ def interrupt_message(cli: ImageClassificationCLI) -> str:
 
 
 def fit_and_test(args: list[str] | None, default_config: Path | None) -> Path:
-    cli = ImageClassificationCLI(
-        ImageClassifier,
-        ImageDataModule,
-        run=False,
-        args=args,
-        seed_everything_default=0,
-        save_config_callback=AtomicSaveConfig,
-        save_config_kwargs={"config_filename": "config.yaml"},
-        parser_kwargs={"default_config_files": [str(default_config)] if default_config else []},
-    )
+    cli = ImageClassificationCLI(args, default_config=default_config, save_config_callback=AtomicSaveConfig,
+                                 save_config_kwargs={"config_filename": "config.yaml"})
     try:
         return fit_then_test(cli)
     except BaseException:
