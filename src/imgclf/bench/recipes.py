@@ -22,9 +22,9 @@ from pathlib import Path
 
 from imgclf.atomic import write_json
 from imgclf.errors import exit_on_user_error
+from imgclf.train.config import DEFAULT_CONFIG, PROJECT
 from imgclf.train.run import main
 
-REPO = Path(__file__).resolve().parents[3]
 # A smoke run checks that the recipe loads, learns and tests: 20 batches of one epoch, 2 of the test split.
 SMOKE_ARGS = ["--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
               "--trainer.limit_train_batches", "20", "--trainer.limit_val_batches", "1",
@@ -33,7 +33,7 @@ SMOKE_ARGS = ["--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", 
 
 @dataclass
 class RecipeOptions:
-    config: Path = REPO / "configs" / "fashion_mnist.yaml"
+    config: Path = PROJECT / "configs" / "fashion_mnist.yaml"
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     extra_args: list[str] = field(default_factory=list)  # any main.py argument, e.g. --trainer.max_epochs 2
     runs_dir: Path | None = None  # default: runs/recipes-<time>/
@@ -46,14 +46,14 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def run_recipe(opts: RecipeOptions) -> dict:
-    runs_dir = opts.runs_dir or REPO / "runs" / f"recipes-{datetime.now():%Y%m%d-%H%M%S}"
+    runs_dir = opts.runs_dir or PROJECT / "runs" / f"recipes-{datetime.now():%Y%m%d-%H%M%S}"
     extra = [*opts.extra_args, *(SMOKE_ARGS if opts.smoke else [])]
     runs = []
     for seed in opts.seeds:
         load_before = os.getloadavg()
         run_dir = main(["--config", str(opts.config), "--seed_everything", str(seed), "--runs_dir", str(runs_dir),
                         "--run_name", f"seed{seed}", *extra],
-                       default_config=REPO / "configs" / "default.yaml")
+                       default_config=DEFAULT_CONFIG)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         runs.append({"seed": seed, "test_acc": metrics["test/acc"], "fit_seconds": metrics["fit_seconds"],
                      "loadavg_1min": [load_before[0], os.getloadavg()[0]], "run_dir": str(run_dir)})

@@ -14,6 +14,7 @@ from imgclf.bench.curve import Curve
 from imgclf.bench.overhead import measure_overhead
 from imgclf.bench.pipeline import run_pipeline
 from imgclf.data.catalog import get_dataset
+from imgclf.train.config import PROJECT
 
 THRESHOLDS = (0.90, 0.92, 0.93, 0.94)
 TINY_LIMIT = (2048, 1000)  # train, test images in --tiny mode
@@ -32,7 +33,7 @@ class BenchOptions:
 
 def default_config() -> Path:
     name = "fast_fashion_mnist.yaml" if torch.cuda.is_available() else "fast_fashion_mnist_cpu.yaml"
-    return Path(__file__).resolve().parents[3] / "configs" / name
+    return PROJECT / "configs" / name
 
 
 def device_name() -> str:
