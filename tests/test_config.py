@@ -81,8 +81,10 @@ def test_wrong_config_gets_mains_words_from_every_loader(tmp_path, capsys):
     bad.write_text("model:\n  learning_rate: 0.1\n")
     with pytest.raises(SystemExit) as exited:
         run.main(["--config", str(bad), "--runs_dir", str(tmp_path / "runs")], config.DEFAULT_CONFIG)
-    mains_words = capsys.readouterr().err.split("error: ", 1)[1].strip()
+    before, mains_words = capsys.readouterr().err.split("error: ", 1)
+    mains_words = mains_words.strip()
     assert exited.value.code == 2 and "learning_rate" in mains_words
+    assert len(before.splitlines()) <= 2 and "--help" in before  # a usage line and a tip, not every option
     with pytest.raises(UserError) as refused:
         config.load([bad])
     assert mains_words in str(refused.value) and "main.py --help" in str(refused.value)

@@ -59,11 +59,18 @@ def test_arch_list_without_cuda_entries_is_a_warning():
 
 # --- checks built from probe results (no GPU needed) -------------------------------------------------------
 
+CPU_MATMUL = {"kind": "fp32", "n": 1000, "tflops": 0.02, "rel_err": 1e-7, "tolerance": 1e-4}
+
+
 def fake_probe(devices: list[dict], arch_list: list[str]) -> ChildResult:
+    """A probe's result; without devices the CPU gets the compute checks (AMX: bf16 at 2x fp32's speed)."""
+    cpu_bf16 = {"units": {"amx_tile": True, "avx512_bf16": True}, "matmul": {**CPU_MATMUL, "kind": "bf16",
+                                                                               "tflops": 0.04}}
     return ChildResult({"torch": "2.9.0+cu126", "cuda_build": "12.6", "hip": None, "cudnn": "9.5.1",
                         "arch_list": arch_list, "cuda_available": bool(devices), "warnings": [],
                         "devices": devices, "gloo_available": True, "nccl_available": True,
-                        "nccl_version": "2.21.5", "cpu_matmul": None}, "")
+                        "nccl_version": "2.21.5", "cpu_matmul": None if devices else CPU_MATMUL,
+                        "cpu_bf16": None if devices else cpu_bf16}, "")
 
 
 def fake_gpu(capability: list[int], rel_err: float = 1e-7) -> dict:
@@ -97,12 +104,24 @@ def test_wrong_matrix_product_fails(rel_err):
     (["NVIDIA H100, 550.54"], False, "FAIL"),  # the driver sees a GPU that torch cannot use
 ])
 def test_no_usable_gpu(smi, require_gpu, status):
-    cpu = {"kind": "fp32", "n": 1000, "tflops": 0.02, "rel_err": 1e-7, "tolerance": 1e-4}
     result = fake_probe([], ["sm_90"])
-    result.result["cpu_matmul"] = cpu
     found = by_name(checks.gpu_checks(result, smi, require_gpu))
     assert found["gpus"].status == status and found["gpus"].fix
     assert found["cpu compute"].status == "PASS" and "GFLOP/s" in found["cpu compute"].detail
+    assert found["cpu bf16"].status == "PASS" and "AMX" in found["cpu bf16"].detail
+
+
+@pytest.mark.parametrize("units, status", [
+    ({"amx_tile": True, "avx512_bf16": True}, "PASS"),
+    ({"amx_tile": False, "avx512_bf16": True}, "PASS"),
+    ({"amx_tile": False, "avx512_bf16": False}, "WARN"),  # bf16-mixed would be emulated: slow
+])
+def test_cpu_without_bf16_units_says_which_precision_to_pass(units, status):
+    result = fake_probe([], [])
+    result.result["cpu_bf16"] = {"units": units, "matmul": {**CPU_MATMUL, "kind": "bf16", "tflops": 0.005}}
+    found = by_name(checks.gpu_checks(result, [], require_gpu=False))["cpu bf16"]
+    assert found.status == status and "0.2x" in found.detail
+    assert ("--trainer.precision 32-true" in found.fix) == (status == "WARN")
 
 
 def test_allreduce_failures_are_reported():
@@ -202,6 +221,9 @@ def test_json_on_this_machine():
     if gpus["info"]["count"] == 0:  # CPU-only is a warning with a fix, not a failure
         assert gpus["status"] == "WARN" and gpus["fix"]
         assert sections["gpu"]["cpu compute"]["status"] == "PASS"
+        bf16 = sections["gpu"]["cpu bf16"]
+        assert bf16["status"] == ("PASS" if any(bf16["info"]["units"].values()) else "WARN")
+        assert bf16["info"]["bf16_over_fp32"] > 0
     ranks = sections["distributed"]["all-reduce"]["info"]["ranks"]
     assert sections["distributed"]["all-reduce"]["status"] == "PASS"
     assert sorted(r["rank"] for r in ranks) == [0, 1] and all(r["sum"] == 3 for r in ranks)

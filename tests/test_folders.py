@@ -172,3 +172,23 @@ def test_short_fit_on_fashion_mnist_pngs_learns(tmp_path: Path) -> None:
     assert metrics["test/acc"] > 0.4, metrics
     hparams = torch.load(run_dir / "best.ckpt", map_location="cpu", weights_only=False)["hyper_parameters"]
     assert hparams["class_names"] == [f"class_{c}" for c in range(10)]  # learned from the folder names
+
+
+def test_benchmark_validating_on_the_test_split_names_the_broken_test_image(tmp_path: Path) -> None:
+    """The benchmarks validate on the test split: a broken test image is looked up in that split, not in val."""
+    from types import SimpleNamespace
+
+    from imgclf.bench.pipeline import TestAsValidation
+
+    write_colour_folder(tmp_path / "train", {"a": 4, "b": 4})
+    write_colour_folder(tmp_path / "test", {"a": 3, "b": 3})
+    dm = TestAsValidation(dataset="folder", root=str(tmp_path), val_fraction=0.25, input_size=16, num_workers=1)
+    dm.setup("fit")
+    bad = dm.splits["test"].files[-1].path
+    assert bad not in {f.path for f in dm.splits["val"].files}
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is no JPEG")
+    batch = next(iter(dm.val_dataloader()))
+    assert len(batch[0]) == len(dm.splits["test"])  # validation batches come from the test split
+    dm.trainer = SimpleNamespace(training=False, validating=True, sanity_checking=False)
+    with pytest.raises(UserError, match=rf"Cannot read image {bad} \("):
+        dm.on_before_batch_transfer(batch, 0)

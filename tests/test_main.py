@@ -98,13 +98,14 @@ def test_grid_repeats_each_setting_over_seeds_and_reports_the_spread(tmp_path):
 
 
 def test_fashion_mnist_short_run(fashion_mnist_real, tmp_path):
-    # Two epochs without augmentation: in so short a run, augmentation only slows learning down.
+    # Half an epoch (27k images) without augmentation, tested on the whole test set: 0.879 here (2026-12-01).
+    # The recipe's full numbers come from `python -m imgclf.bench.recipes` (BENCHMARKS.md), not from the suite.
     done = run_script("main.py", "--config", "configs/fashion_mnist.yaml", "--data.root", str(fashion_mnist_real),
-                      "--trainer.max_epochs", "2", "--data.augment", "false", "--runs_dir", str(tmp_path),
-                      "--trainer.enable_progress_bar", "false")
+                      "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "0.5", "--data.augment",
+                      "false", "--runs_dir", str(tmp_path), "--trainer.enable_progress_bar", "false")
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "latest" / "metrics.json").read_text())
-    assert metrics["test/acc"] >= 0.88, metrics
+    assert metrics["test/acc"] >= 0.86, metrics
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -26,15 +26,13 @@ class TestAsValidation(ImageDataModule):
     """
 
     limit: tuple[int, int] | None = None
+    val_split = "test"
 
     def setup(self, stage: str | None = None) -> None:
         super().setup(stage)
         if self.limit:
             for name, n in [("train", self.limit[0]), ("test", self.limit[1])]:
                 self.splits[name] = self.splits[name].head(n)
-
-    def val_dataloader(self):
-        return self.test_dataloader()
 
 
 class TrainClock(L.Callback):

@@ -46,6 +46,8 @@ class ImageDataModule(L.LightningDataModule):
         cache_dir: read pre-resized images from this cache (written by imgclf.train.cache_images), not decoding.
     """
 
+    val_split = "val"  # the split validation runs on (the benchmarks validate on "test")
+
     def __init__(
         self,
         dataset: str = "digits",
@@ -141,9 +143,9 @@ class ImageDataModule(L.LightningDataModule):
         return self._batches("train", train=True)
 
     def val_dataloader(self) -> Iterable[Batch]:
-        if not len(self.splits["val"]):
+        if not len(self.splits[self.val_split]):
             return []
-        return self._batches("val", train=False)
+        return self._batches(self.val_split, train=False)
 
     def test_dataloader(self) -> Iterable[Batch]:
         return self._batches("test", train=False)
@@ -168,7 +170,7 @@ class ImageDataModule(L.LightningDataModule):
         # File batches carry each image's index, so an unreadable file is named (or dropped) here.
         trainer = self.trainer
         evaluating = trainer.validating or trainer.sanity_checking
-        split = "train" if trainer.training else "val" if evaluating else "test"
+        split = "train" if trainer.training else self.val_split if evaluating else "test"
         return self.source.clean_batch(batch, self.splits[split])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

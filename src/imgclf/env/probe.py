@@ -69,6 +69,19 @@ def _device(index: int, references: dict) -> dict[str, Any]:
     return info
 
 
+def _cpu_bf16() -> dict[str, Any]:
+    """Whether the CPU has bf16 units (AMX tiles or AVX512-BF16), and a bf16 product timed beside fp32's: the
+    recipes that train in bf16-mixed on a CPU (configs/fashion_mnist.yaml) are fast only with those units."""
+    import torch
+
+    def has(unit: str) -> bool:  # torch.cpu's probes are private: a torch without one reports "no"
+        probe = getattr(torch.cpu, f"_is_{unit}_supported", None)
+        return bool(probe()) if probe else False
+
+    return {"units": {unit: has(unit) for unit in ("amx_tile", "avx512_bf16")},
+            "matmul": _matmul(torch.device("cpu"), 1000, "bf16", {})}
+
+
 def probe_torch() -> None:
     """The child's job: torch's CUDA build, the devices it sees, and a compute check on each."""
     import torch
@@ -90,6 +103,7 @@ def probe_torch() -> None:
         "nccl_version": ".".join(map(str, torch.cuda.nccl.version())) if devices else None,
         # with no GPU the CPU is the training device, so it gets the compute check
         "cpu_matmul": None if devices else _matmul(torch.device("cpu"), 1000, "fp32", {}),
+        "cpu_bf16": None if devices else _cpu_bf16(),
     }
     emit(result)
 

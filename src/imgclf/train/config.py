@@ -25,6 +25,8 @@ PROJECT = Path(__file__).resolve().parents[3]  # the checkout: main.py and confi
 DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"  # under every config, as main.py passes it
 DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
 EVERYTHING = ("data", "model", "trainer")
+# The usage line a wrong argument prints above its `error:` line; argparse's own lists all ~200 options.
+USAGE = "%(prog)s [-h] [-c CONFIG] [--print_config] [--SECTION.KEY VALUE ...]"
 
 
 class ConfigCLI(LightningCLI):
@@ -36,7 +38,7 @@ class ConfigCLI(LightningCLI):
                  exit_on_error: bool = True, **kwargs) -> None:
         self.build = set(build)
         parser_kwargs = {"default_config_files": [str(default_config)] if default_config else [],
-                         "exit_on_error": exit_on_error}
+                         "exit_on_error": exit_on_error, "usage": USAGE}
         super().__init__(ImageClassifier, datamodule_class, run=False, args=args, seed_everything_default=0,
                          parser_kwargs=parser_kwargs, **kwargs)
 

@@ -180,7 +180,8 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
 def last_weights(cli: ImageClassificationCLI) -> str:
     """The checkpoint to test when no validation ran (e.g. --trainer.max_epochs below check_val_every_n_epoch),
     so neither checkpoint callback saved: the final weights, saved as last.ckpt so the test scores a file."""
-    path = cli.last_checkpoint.best_model_path or str(cli.run_dir / "last.ckpt")
-    if not cli.last_checkpoint.best_model_path:
-        cli.trainer.save_checkpoint(path)
+    if cli.last_checkpoint.best_model_path:
+        return cli.last_checkpoint.best_model_path
+    path = str(cli.run_dir / "last.ckpt")
+    cli.trainer.save_checkpoint(path)
     return path
