@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import REPO
 from image_files import FASHION_MNIST, write_colour_folder, write_fashion_mnist_folder
 
+from imgclf.bench.pipeline import TestAsValidation
 from imgclf.data import cache
 from imgclf.data.cache import build_cache, open_cache
 from imgclf.data.datamodule import ImageDataModule
@@ -176,10 +178,6 @@ def test_short_fit_on_fashion_mnist_pngs_learns(tmp_path: Path) -> None:
 
 def test_benchmark_validating_on_the_test_split_names_the_broken_test_image(tmp_path: Path) -> None:
     """The benchmarks validate on the test split: a broken test image is looked up in that split, not in val."""
-    from types import SimpleNamespace
-
-    from imgclf.bench.pipeline import TestAsValidation
-
     write_colour_folder(tmp_path / "train", {"a": 4, "b": 4})
     write_colour_folder(tmp_path / "test", {"a": 3, "b": 3})
     dm = TestAsValidation(dataset="folder", root=str(tmp_path), val_fraction=0.25, input_size=16, num_workers=1)

@@ -25,7 +25,7 @@ PROJECT = Path(__file__).resolve().parents[3]  # the checkout: main.py and confi
 DEFAULT_CONFIG = PROJECT / "configs" / "default.yaml"  # under every config, as main.py passes it
 DATA_TO_MODEL = ["num_classes", "in_channels", "image_size", "mean", "std", "class_names"]
 EVERYTHING = ("data", "model", "trainer")
-# The usage line a wrong argument prints above its `error:` line; argparse's own lists all ~200 options.
+# The usage line a wrong argument prints above its `error:` line; argparse's own listed every option (66 lines).
 USAGE = "%(prog)s [-h] [-c CONFIG] [--print_config] [--SECTION.KEY VALUE ...]"
 
 

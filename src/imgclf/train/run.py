@@ -170,18 +170,18 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
         if not cli.trainer.interrupted:
             raise
         raise RunInterrupted(interrupt_message(cli)) from None
-    tested = (cli.checkpoint if has_val else cli.last_checkpoint).best_model_path or last_weights(cli)
+    # The best checkpoint; else the last one saved; else (no validation ran, so nothing was saved) the final weights.
+    best = cli.checkpoint.best_model_path if has_val else ""
+    tested = best or cli.last_checkpoint.best_model_path or save_final_weights(cli)
     cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested)
     if cli.trainer.is_global_zero:
         print(f"\nRun folder: {cli.run_dir}  (also {cli.run_dir.parent / 'latest'})", file=sys.stderr)
     return cli.run_dir
 
 
-def last_weights(cli: ImageClassificationCLI) -> str:
-    """The checkpoint to test when no validation ran (e.g. --trainer.max_epochs below check_val_every_n_epoch),
-    so neither checkpoint callback saved: the final weights, saved as last.ckpt so the test scores a file."""
-    if cli.last_checkpoint.best_model_path:
-        return cli.last_checkpoint.best_model_path
+def save_final_weights(cli: ImageClassificationCLI) -> str:
+    """When no validation ran (e.g. --trainer.max_epochs below check_val_every_n_epoch) neither checkpoint
+    callback saved: save the final weights as last.ckpt, so the test scores a file the run keeps."""
     path = str(cli.run_dir / "last.ckpt")
     cli.trainer.save_checkpoint(path)
     return path
