@@ -22,6 +22,8 @@ import hashlib
 import io
 import os
 import re
+import signal
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -242,6 +244,9 @@ def serve(model_path: str | Path, host: str, port: int, options: ServeOptions, w
                     timeout_graceful_shutdown=int(options.timeout_s) + 1)
     print(f"Serving {model_path} on http://{host}:{port}/ with {workers} worker(s) "
           f"(POST /predict, GET /model /health /ready /metrics)", flush=True)
+    # uvicorn finishes the requests in flight, then re-raises the signal it caught, which by default kills the
+    # process (exit -15); what Kubernetes and systemd expect after a clean stop is exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     if workers == 1:
         uvicorn.run(create_app(model_path, options), **settings)
         return
