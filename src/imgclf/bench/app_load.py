@@ -12,6 +12,7 @@ connections; a client told 503 waits its Retry-After, as a well-behaved client d
 from __future__ import annotations
 
 import argparse
+import base64
 import http.client
 import io
 import json
@@ -56,6 +57,12 @@ def multipart(image: bytes) -> tuple[bytes, str]:
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"image.png\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode() + image + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def json_body(image: bytes) -> tuple[bytes, str]:
+    """The same image as base64 JSON, the body LitServe's examples take (bench/litserve_app.py)."""
+    return (json.dumps({"images": [{"filename": "image.png", "data": base64.b64encode(image).decode()}]}).encode(),
+            "application/json")
 
 
 def client_loop(port: int, body: bytes, content_type: str, count: int, latencies: list[float],
@@ -147,6 +154,7 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="post base64 JSON instead of multipart (LitServe)")
     parser.add_argument("--app", type=Path, default=REPO / "app.py", help="the server script (to compare versions)")
     args = parser.parse_args()
     if args.image:
@@ -155,7 +163,7 @@ def main() -> None:
         buffer = io.BytesIO()
         Image.fromarray(np.full((28, 28), 128, np.uint8)).save(buffer, format="PNG")
         image = buffer.getvalue()
-    body, content_type = multipart(image)
+    body, content_type = json_body(image) if args.json else multipart(image)
     rows = []
     for batching in {"off": [False], "on": [True], "both": [False, True]}[args.batching]:
         rows += run_mode(args, batching, body, content_type)
