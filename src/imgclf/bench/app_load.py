@@ -123,7 +123,7 @@ def start_server(app: Path, model: str, extra: list[str]) -> tuple[subprocess.Po
 
 
 def run_mode(args: argparse.Namespace, batching: bool, body: bytes, content_type: str) -> list[dict]:
-    extra = ["--workers", str(args.workers)] if args.workers > 1 else []
+    extra = (["--workers", str(args.workers)] if args.workers > 1 else []) + args.server_arg
     if batching:
         extra += ["--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
     server, port = start_server(args.app, args.model, extra)
@@ -154,6 +154,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="passed on to the server, e.g. --server-arg=--max-inflight=8")
     parser.add_argument("--json", action="store_true", help="post base64 JSON instead of multipart (LitServe)")
     parser.add_argument("--app", type=Path, default=REPO / "app.py", help="the server script (to compare versions)")
     args = parser.parse_args()
