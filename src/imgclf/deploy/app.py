@@ -4,7 +4,7 @@
     POST /predict  multipart form: `images` (one or more files), `top_k` (default 5) -> one answer per file
     GET  /model    the model's metadata (classes, input size, dataset, test metrics, sha256, ...)
     GET  /health   alive: {"status": "ok"}
-    GET  /ready    the model loaded and one warm-up inference run: 200, else 503
+    GET  /ready    the model loaded and one warm-up inference run (both before the server accepts connections)
     GET  /metrics  Prometheus text format (deploy/serving.py)
 
 Each file gets its own answer: `{"filename", "top_k"}` when classified, `{"filename", "error"}` when it is
@@ -24,6 +24,7 @@ import os
 import re
 import signal
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
@@ -140,9 +141,10 @@ def create_app(model_path: str | Path = "model.onnx", options: ServeOptions | No
     metrics = Metrics(card["file"], card["sha256"])
     work = ThreadPoolExecutor(WORK_THREADS, thread_name_prefix="imgclf-work")
     batcher = Batcher(predictor.probabilities, options, metrics) if options.max_batch_size > 0 else None
-    # The warm-up /ready waits for: ONNX Runtime allocates its buffers on the first run.
+    # The warm-up /ready reports: ONNX Runtime allocates its buffers on the first run.
+    start = time.perf_counter()
     predictor.probabilities(np.zeros((1, metadata.in_channels, *metadata.image_size), np.float32))
-    ready = True
+    warm_up_ms = round((time.perf_counter() - start) * 1000, 2)
 
     def classify_inline(files: list[Upload], top_k: int) -> dict:
         arrays, errors = decode_uploads(files, predictor)
@@ -194,10 +196,10 @@ def create_app(model_path: str | Path = "model.onnx", options: ServeOptions | No
         return {"status": "ok", "model": card["file"]}
 
     @app.get("/ready")
-    def readiness() -> JSONResponse:
-        if not ready:
-            return error(503, "The model is still loading.")
-        return JSONResponse({"status": "ready", "model": card["file"]})
+    def readiness() -> dict:
+        # The model loaded and warmed up before uvicorn opened its socket: a server that answers is ready;
+        # one still loading refuses the connection, which probes count as not ready.
+        return {"status": "ready", "model": card["file"], "warm_up_ms": warm_up_ms}
 
     @app.get("/metrics")
     def prometheus() -> Response:
