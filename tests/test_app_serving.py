@@ -219,6 +219,13 @@ def test_a_request_past_its_timeout_gets_504(digits_onnx, digit_pngs):
     assert response.status_code == 504 and "time-out of 0.3 s" in response.json()["error"]
 
 
+def test_batching_app_answers_each_request_of_a_test_client(digits_onnx, digit_pngs):
+    # A TestClient used without `with` runs each request in an event loop of its own: the batcher follows.
+    client = TestClient(create_app(digits_onnx, ServeOptions(timeout_s=10, max_batch_size=8, max_wait_ms=5)))
+    for p in digit_pngs[:3]:
+        assert client.post("/predict", files=files((p.name, p.read_bytes()))).status_code == 200
+
+
 def test_batching_runs_concurrent_requests_as_one_model_run(server, digits_onnx, digit_pngs):
     port = server(ServeOptions(max_batch_size=8, max_wait_ms=500))
     results: list = []

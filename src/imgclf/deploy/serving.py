@@ -136,9 +136,12 @@ class Batcher:
         self.task: asyncio.Task | None = None
 
     async def probabilities(self, images: np.ndarray) -> np.ndarray:
-        if self.task is None:  # started in the serving loop, on first use
-            self.task = asyncio.get_running_loop().create_task(self.loop())
-        future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if self.task is None or self.task.get_loop() is not loop:  # started in the serving loop, on first use
+            # (a TestClient used without `with` runs each request in a loop of its own)
+            self.queue = asyncio.Queue()
+            self.task = loop.create_task(self.loop())
+        future = loop.create_future()
         await self.queue.put((images, future))
         return await future
 
