@@ -32,14 +32,15 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imgclf.data.decode import to_8_bit  # also makes Pillow's decompression-bomb warning an error
+from imgclf.data.decode import decode_image  # also makes Pillow's decompression-bomb warning an error
 from imgclf.deploy import uploads
 from imgclf.deploy.predictor import Predictor, model_input
 from imgclf.deploy.serving import Batcher, Metrics, ServeOptions, ServingMiddleware
 from imgclf.deploy.uploads import BadUpload, Upload, read_form
+from imgclf.errors import UserError
 
 # Decoded pixels per request: a 9400 x 9400 PNG is 280 KB on the wire and 88 megapixels (265 MB as RGB)
 # once decoded; 3 requests of 16 of them held 2.4 GB. 48 MP is four 12-megapixel photos; files past the
@@ -88,20 +89,16 @@ def decode_uploads(files: list[Upload], predictor: Predictor) -> tuple[list[np.n
                                    f"it downscaled or in a request of its own.")
                     else:
                         budget -= pixels
-                        array = model_input(decode(image, mode), predictor.metadata)
+                if message is None:  # decode_image reads the header again: microseconds, one decoding path
+                    array = model_input(decode_image(io.BytesIO(upload.data), mode), predictor.metadata)
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
-                    Image.DecompressionBombWarning) as e:  # PIL's errors for bad files
-                reason = re.sub(r" <_io\.BytesIO object at \w+>", "", str(e))  # the server's object, not the file
+                    Image.DecompressionBombWarning, UserError) as e:  # PIL's errors for bad files
+                reason = re.sub(r" ?<_io\.BytesIO object at \w+>", "", str(e))  # the server's object, not the file
                 message = (f"{upload.filename} is not an image PIL can read ({type(e).__name__}: {reason}); send "
                            f"PNG or JPEG files (grayscale or RGB, any size).")
         arrays.append(array)
         errors.append(message)
     return arrays, errors
-
-
-def decode(image: Image.Image, mode: str) -> Image.Image:
-    """decode_image's steps on an opened upload: EXIF rotation, 16 bits scaled, the model's mode."""
-    return to_8_bit(ImageOps.exif_transpose(image)).convert(mode)
 
 
 def answers(files: list[Upload], errors: list[str | None], probs: np.ndarray, names: list[str], top_k: int) -> dict:
