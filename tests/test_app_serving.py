@@ -129,7 +129,7 @@ def test_metrics_health_and_ready(digits_onnx, digit_pngs):
     assert metric(text, f'imgclf_model_info{{file="model.onnx",sha256="{sha}"}}') == 1
 
 
-def test_malformed_bodies_answer_error_not_detail(digits_onnx):
+def test_malformed_bodies_answer_error_not_detail(digits_onnx, monkeypatch):
     client = TestClient(create_app(digits_onnx))
     cases = {
         "garbage": (b"garbage", "multipart/form-data; boundary=xyz", 400, "Malformed multipart"),
@@ -143,13 +143,9 @@ def test_malformed_bodies_answer_error_not_detail(digits_onnx):
         assert response.status_code == status, (name, response.text)
         assert set(response.json()) == {"error"} and words in response.json()["error"], (name, response.json())
     assert client.get("/no/such/page").json() == {"error": "Not Found"}
-    uploads_limit = uploads.MAX_IMAGES
-    try:
-        uploads.MAX_IMAGES = 2
-        response = client.post("/predict", files=files(*[("a.png", b"x")] * 3))
-        assert response.status_code == 413 and "at most 2" in response.json()["error"]
-    finally:
-        uploads.MAX_IMAGES = uploads_limit
+    monkeypatch.setattr(uploads, "MAX_IMAGES", 2)
+    response = client.post("/predict", files=files(*[("a.png", b"x")] * 3))
+    assert response.status_code == 413 and "at most 2" in response.json()["error"]
     assert client.get("/predict").status_code == 405 and "error" in client.get("/predict").json()
 
 
