@@ -94,6 +94,12 @@ def load_image(path: str | Path, metadata: ModelMetadata) -> np.ndarray:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:  # PIL's errors for bad files
         raise UserError(f"{path} is not an image PIL can read ({type(e).__name__}: {e}); pass PNG or "
                         f"JPEG files (grayscale or RGB, any size).") from e
+    return model_input(image, metadata)
+
+
+def model_input(image: Image.Image, metadata: ModelMetadata) -> np.ndarray:
+    """A decoded image in the model's mode -> float32 [C, H, W] raw pixels at the model's input size (the app
+    decodes uploads from memory and shares this step with the command line)."""
     height, width = metadata.image_size
     side = metadata.base_size
     if side is not None and side > max(height, width):
