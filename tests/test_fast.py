@@ -18,7 +18,7 @@ from imgclf.data.augment import AugmentPolicy, crop_at, random_flip, random_tran
 from imgclf.data.datamodule import ImageDataModule
 from imgclf.distributed import broadcast_to_device
 from imgclf.model.classifier import ImageClassifier
-from imgclf.model.networks import Whitening
+from imgclf.model.airbench import Whitening
 from imgclf.train.run import main
 
 
