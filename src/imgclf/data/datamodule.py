@@ -193,7 +193,8 @@ class ImageDataModule(L.LightningDataModule):
         if not (self.augment and training and isinstance(batch, (tuple, list))):
             return batch  # evaluation batches, and the model summary's example input, pass unchanged
         images, labels = batch
-        return self.policy(images, self.trainer.current_epoch), labels
+        epoch = self.trainer.current_epoch if self.policy.alternate else 0  # only alternating flips count epochs
+        return self.policy(images, epoch), labels
 
     def describe(self) -> str:
         return f"{self.spec.name} from {Path(self.root)}"

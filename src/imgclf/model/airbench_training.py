@@ -34,8 +34,14 @@ class Lookahead(L.Callback):
 
     @staticmethod
     def _tracked(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
-        # state_dict's tensors share storage with the module: updating them in place updates the module.
-        return {k: v for k, v in pl_module.state_dict().items() if v.is_floating_point()}
+        # state_dict's tensors share storage with the module: updating them in place updates the module. A tensor
+        # reachable under two names (AirbenchNet's `whiten` is also layers.0) is averaged once.
+        tracked, seen = {}, set()
+        for name, tensor in pl_module.state_dict().items():
+            if tensor.is_floating_point() and tensor.data_ptr() not in seen:
+                tracked[name] = tensor
+                seen.add(tensor.data_ptr())
+        return tracked
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After on_fit_start, so the average starts from the whitened first layer. A resumed fit brings its own.
