@@ -118,7 +118,7 @@ def kind(module: nn.Module) -> str | None:
 def layer_trace(net: nn.Module, x: torch.Tensor) -> list[tuple[str, tuple[int, ...]]]:
     """(kind, output shape) of every layer call in forward order (a module called twice appears twice)."""
     trace: list[tuple[str, tuple[int, ...]]] = []
-    hooks = [m.register_forward_hook(lambda m, i, o, k=kind(m): trace.append((k, tuple(o.shape))))
+    hooks = [m.register_forward_hook(lambda m, i, o: trace.append((kind(m), tuple(o.shape))))
              for m in net.modules() if kind(m)]
     with torch.no_grad():
         net(x)
