@@ -253,6 +253,17 @@ def test_lookahead_follows_airbench94() -> None:
             assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), (step, k)  # airbench94 rounds decay to fp32
 
 
+def test_lookahead_keeps_the_trained_weights_of_a_run_shorter_than_one_interval() -> None:
+    net = make_net()
+    callback = Lookahead(every_n_steps=5)
+    callback.on_train_start(fake_trainer(0, 3), net)
+    for step in (1, 2, 3):
+        with torch.no_grad():
+            net[-2].weight.add_(1.0)
+        callback.on_train_batch_end(fake_trainer(step, 3), net, None, None, step - 1)
+    assert torch.allclose(net[-2].weight, callback.average["7.weight"] + 3.0)  # trained, not reset to the start
+
+
 def test_whitening_bias_trains_for_the_first_epochs_only() -> None:
     model = ImageClassifier(network="airbench_small", in_channels=1, image_size=(28, 28))
     callback = FreezeWhiteningBias(epochs=3)

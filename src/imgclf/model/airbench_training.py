@@ -61,8 +61,10 @@ class Lookahead(L.Callback):
         step, total = trainer.global_step, max(int(trainer.estimated_stepping_batches), 1)
         if step % self.every_n_steps == 0:
             self._pull(pl_module, self.decay * min(step / total, 1.0) ** self.power)
-        if step == total:
-            self._pull(pl_module, 1.0)  # airbench94's last step: the weights become the average
+        if step == total and total >= self.every_n_steps:
+            # airbench94's last step: the weights become the average. A run shorter than one interval never
+            # updated it: its average still holds the initial weights, so it keeps the trained ones.
+            self._pull(pl_module, 1.0)
 
     def state_dict(self) -> dict[str, Any]:
         return {"average": self.average}
