@@ -264,6 +264,21 @@ def test_lookahead_keeps_the_trained_weights_of_a_run_shorter_than_one_interval(
     assert torch.allclose(net[-2].weight, callback.average["7.weight"] + 3.0)  # trained, not reset to the start
 
 
+def test_lookahead_resumes_from_its_saved_average() -> None:
+    torch.manual_seed(0)
+    model = ImageClassifier(network="airbench_small", in_channels=1, image_size=(28, 28))
+    first = Lookahead()
+    first.on_train_start(fake_trainer(0, 20), model)
+    with torch.no_grad():
+        model.net.layers[-1].weight.add_(1.0)
+    first.on_train_batch_end(fake_trainer(5, 20), model, None, None, 4)
+    resumed = Lookahead()
+    resumed.load_state_dict(first.state_dict())
+    resumed.on_train_start(fake_trainer(5, 20), model)
+    assert resumed.average.keys() == first.average.keys()
+    assert all(torch.equal(resumed.average[k], first.average[k]) for k in first.average)
+
+
 def test_whitening_bias_trains_for_the_first_epochs_only() -> None:
     model = ImageClassifier(network="airbench_small", in_channels=1, image_size=(28, 28))
     callback = FreezeWhiteningBias(epochs=3)

@@ -44,9 +44,12 @@ class Lookahead(L.Callback):
         return tracked
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # After on_fit_start, so the average starts from the whitened first layer. A resumed fit brings its own.
+        # After on_fit_start, so the average starts from the whitened first layer. A resumed fit brings its own,
+        # which a checkpoint may have loaded onto the host.
         if self.average is None:
             self.average = {k: v.detach().clone() for k, v in self._tracked(pl_module).items()}
+        else:
+            self.average = {k: v.to(pl_module.device) for k, v in self.average.items()}
 
     @torch.no_grad()
     def _pull(self, pl_module: L.LightningModule, decay: float) -> None:
