@@ -17,8 +17,8 @@ from conftest import REPO
 from imgclf.data.augment import AugmentPolicy, crop_at, random_flip, random_translate, tta_logits
 from imgclf.data.datamodule import ImageDataModule
 from imgclf.distributed import broadcast_to_device
+from imgclf.model.airbench import Whitening
 from imgclf.model.classifier import ImageClassifier
-from imgclf.model.networks import Whitening
 from imgclf.train.run import main
 
 
@@ -179,4 +179,5 @@ def test_benchmark_tiny_mode(fashion_mnist_real: Path, tmp_path: Path) -> None:
         assert curve["points"] and curve["images_per_second"] > 0
         assert all(0.0 <= p["test_accuracy"] <= 1.0 for p in curve["points"])
     assert results["overhead"]["plain_step_ms"] > 0 and results["overhead"]["lightning_step_ms"] > 0
+    assert results["config"].endswith("fashion_mnist.yaml") and "met" in results["goals"]  # our best CPU recipe
     assert "Time to Fashion-MNIST test accuracy" in proc.stdout

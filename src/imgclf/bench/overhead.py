@@ -69,7 +69,7 @@ def plain_step_seconds(main_args: list[str], data_root: Path | None, warmup: int
         for images, labels in data.train_dataloader():
             if step == warmup:
                 start = _now(device)
-            images = data.spec.augment(images) if data.augment else images
+            images = data.policy(images) if data.augment else images
             with autocast:
                 loss = F.cross_entropy(model(images), labels, label_smoothing=model.hparams.label_smoothing)
             optimizer.zero_grad(set_to_none=True)

@@ -22,7 +22,7 @@ TINY_LIMIT = (2048, 1000)  # train, test images in --tiny mode
 
 @dataclass
 class BenchOptions:
-    config: Path | None = None  # default: configs/fast_fashion_mnist.yaml on a GPU, ..._cpu.yaml otherwise
+    config: Path | None = None  # default: our best recipe for the device (default_config)
     data_root: Path | None = None
     budget_seconds: float = 600.0  # training-time cap for each pipeline
     evals_per_epoch: int = 4
@@ -32,7 +32,9 @@ class BenchOptions:
 
 
 def default_config() -> Path:
-    name = "fast_fashion_mnist.yaml" if torch.cuda.is_available() else "fast_fashion_mnist_cpu.yaml"
+    """Our best recipe for the device: the GPU recipe, or on a CPU the one `dvc repro` trains (dvc.yaml), which
+    reaches each threshold sooner than the 2-epoch configs/fast_fashion_mnist_cpu.yaml and goes on to 93-94%."""
+    name = "fast_fashion_mnist.yaml" if torch.cuda.is_available() else "fashion_mnist.yaml"
     return PROJECT / "configs" / name
 
 
@@ -61,6 +63,7 @@ def run_benchmark(opts: BenchOptions) -> dict:
         "device": device_name(), "config": str(opts.config or default_config()), "tiny": opts.tiny,
         "budget_seconds": opts.budget_seconds, "evals_per_epoch": opts.evals_per_epoch,
         "time_to_accuracy": [_row(t, fast, baseline) for t in THRESHOLDS],
+        "goals": goals(fast, baseline),
         "pipeline": fast.to_dict(), "baseline": baseline.to_dict(), "overhead": overhead,
     }
     opts.json_path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +80,17 @@ def _row(threshold: float, fast: Curve, baseline: Curve) -> dict:
     if ours and theirs is None and baseline.points:  # the baseline ran out of budget first: a lower bound
         row["speedup_at_least"] = baseline.points[-1].train_seconds / ours
     return row
+
+
+def goals(fast: Curve, baseline: Curve) -> dict:
+    """The two ratios the project aims at (issue 24): 90% at least 8x sooner than the baseline reaches it, and 93%
+    sooner than the baseline reaches 90% (ratio above 1). None where a curve never got there."""
+    ours_90, ours_93, theirs_90 = fast.time_to(0.90), fast.time_to(0.93), baseline.time_to(0.90)
+    speedup_90 = theirs_90 / ours_90 if ours_90 and theirs_90 else None
+    ratio_93 = theirs_90 / ours_93 if ours_93 and theirs_90 else None
+    return {"speedup_at_90": speedup_90, "speedup_at_90_goal": 8.0,
+            "baseline_90_over_pipeline_93": ratio_93, "baseline_90_over_pipeline_93_goal": 1.0,
+            "met": bool(speedup_90 and speedup_90 >= 8.0 and ratio_93 and ratio_93 > 1.0)}
 
 
 def _seconds(value: float | None, budget: float) -> str:
@@ -98,6 +112,13 @@ def format_table(r: dict) -> str:
         curve = r[key]
         best = max((p["test_accuracy"] for p in curve["points"]), default=0.0)
         lines.append(f"{curve['name']}: best {best:.2%}, {curve['images_per_second']:.0f} training images/s")
+    g = r["goals"]
+
+    def ratio(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None else "-"
+
+    lines.append(f"Goals: 90% {ratio(g['speedup_at_90'])}x sooner than the baseline (goal >= 8); baseline's 90% / "
+                 f"our 93%: {ratio(g['baseline_90_over_pipeline_93'])} (goal > 1); {'met' if g['met'] else 'not met'}")
     o = r["overhead"]
     lines += ["", f"Per step, batch {o['batch_size']}, {o['steps']} steps: "
                   f"plain loop {o['plain_step_ms']:.1f} ms, Lightning {o['lightning_step_ms']:.1f} ms, "

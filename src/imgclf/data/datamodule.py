@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from imgclf.data.augment import AugmentPolicy
 from imgclf.data.catalog import get_dataset
 from imgclf.data.class_counts import check_class_counts
 from imgclf.data.file_loaders import FileData
@@ -44,6 +47,10 @@ class ImageDataModule(L.LightningDataModule):
         skip_bad_images: leave out (and count) image files that fail to decode, instead of stopping.
         test_fraction: share held out for testing where an image folder has no test/ split.
         cache_dir: read pre-resized images from this cache (written by imgclf.train.cache_images), not decoding.
+        flip, translate, translate_padding: replace the dataset's training augmentation (data/catalog.py), for
+            datasets held in memory: flip "random" (p=0.5 per image), "alternating" (airbench94's: a fixed random
+            half stored mirrored, all mirrored on odd epochs) or "none"; translate: the largest shift in pixels;
+            translate_padding: "zeros" or "reflect" (airbench94's). None keeps the dataset's choice.
     """
 
     val_split = "val"  # the split validation runs on (the benchmarks validate on "test")
@@ -67,6 +74,9 @@ class ImageDataModule(L.LightningDataModule):
         skip_bad_images: bool = False,
         test_fraction: float = 0.1,
         cache_dir: str | None = None,
+        flip: Literal["random", "alternating", "none"] | None = None,
+        translate: int | None = None,
+        translate_padding: Literal["zeros", "reflect"] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -90,6 +100,8 @@ class ImageDataModule(L.LightningDataModule):
         else:  # small datasets: whole in memory, on the training device (memory_loaders.py)
             self.source = InMemoryData(self.spec, self.root, val_fraction, split_seed)
         self.spec = self.source.spec  # for image files, now with the class names read from disk
+        self.policy = augment_policy(self.spec.augment, flip, translate, translate_padding,
+                                     in_memory=isinstance(self.source, InMemoryData))
 
     # What the model needs to know about the data (linked into the model's arguments by the CLI).
     @property
@@ -130,6 +142,9 @@ class ImageDataModule(L.LightningDataModule):
             return
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         self.splits = self.source.datasets(device)
+        if self.augment and self.policy.alternate:  # seeded by split_seed: every DDP rank mirrors the same images
+            train = self.splits["train"]
+            self.splits["train"] = replace(train, images=self.policy.preflip(train.images, self.split_seed))
         warning = check_class_counts(self.class_names, {name: split.labels.tolist()
                                                         for name, split in self.splits.items()})
         if warning:
@@ -178,7 +193,28 @@ class ImageDataModule(L.LightningDataModule):
         if not (self.augment and training and isinstance(batch, (tuple, list))):
             return batch  # evaluation batches, and the model summary's example input, pass unchanged
         images, labels = batch
-        return self.spec.augment(images), labels
+        epoch = self.trainer.current_epoch if self.policy.alternate else 0  # only alternating flips count epochs
+        return self.policy(images, epoch), labels
 
     def describe(self) -> str:
         return f"{self.spec.name} from {Path(self.root)}"
+
+
+def augment_policy(default: AugmentPolicy, flip: str | None, translate: int | None, padding: str | None,
+                   in_memory: bool) -> AugmentPolicy:
+    """The dataset's batch augmentation with the DataModule's overrides applied (None: keep the dataset's)."""
+    if (flip, translate, padding) == (None, None, None):
+        return default
+    if not in_memory:
+        raise UserError("--data.flip, --data.translate and --data.translate_padding apply to datasets held in "
+                        "memory (digits, fashion_mnist, cifar10); image files are augmented in their loaders.")
+    if translate is not None and translate < 0:
+        raise UserError(f"--data.translate must be >= 0 pixels, got {translate}.")
+    changes: dict = {}
+    if flip is not None:
+        changes.update(flip=flip != "none", alternate=flip == "alternating")
+    if translate is not None:
+        changes["translate"] = translate
+    if padding is not None:
+        changes["padding"] = padding
+    return replace(default, **changes)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -56,6 +56,11 @@ class ImageClassifier(L.LightningModule):
         freeze_backbone_epochs: train only the head for this many first epochs.
         channels_last: NHWC memory layout, which GPU tensor cores and oneDNN's CPU convolutions prefer (1.8x fp32's
             images/s on the 2-core CPU of BENCHMARKS.md).
+        network_args: keyword arguments for the network's builder, e.g. {layout: airbench94} for the airbench
+            networks (imgclf.model.airbench).
+        norm_bias_lr_scale: None: BatchNorm shifts train like the other biases (lr, no weight decay). A number:
+            airbench94's treatment (64 there): lr times it, weight decay divided by it (the weights' shrink per step).
+        tta_padding: what fills the border of TTA's shifted copies: zeros, or reflect (airbench94's).
     """
 
     def __init__(
@@ -80,11 +85,14 @@ class ImageClassifier(L.LightningModule):
         backbone_lr_scale: float = 1.0,
         freeze_backbone_epochs: int = 0,
         channels_last: bool = False,
+        network_args: dict[str, Any] | None = None,
+        norm_bias_lr_scale: float | None = None,
+        tta_padding: Literal["zeros", "reflect"] = "zeros",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.normalize = PixelNormalize(list(mean), list(std))
-        self.net = build_network(network, in_channels, num_classes)
+        self.net = build_network(network, in_channels, num_classes, network_args)
         self.class_names = class_names or [str(i) for i in range(num_classes)]
         # Training metrics skip their per-step input checks (torch.unique, isnan(...).any()): each reads a value
         # back from the GPU, which stops the CPU from queueing the next steps. Evaluation keeps them.
@@ -148,7 +156,7 @@ class ImageClassifier(L.LightningModule):
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str, metrics: MetricCollection,
                   loss: MeanMetric):
         images, labels = batch
-        logits = tta_logits(self, images) if self.hparams.tta else self(images)
+        logits = tta_logits(self, images, self.hparams.tta_padding) if self.hparams.tta else self(images)
         # Metric objects sync their counts across ranks: each image counts once, also under DDP. A rank's
         # batch can be empty (its shard is smaller than the others'); it still logs, so that every rank
         # joins the metric sync at the end of the epoch.
@@ -192,7 +200,7 @@ class ImageClassifier(L.LightningModule):
         Public so that a hand-written loop (the benchmark's baseline for Lightning's overhead) trains the same.
         """
         hp = self.hparams
-        groups = parameter_groups(self, self.net, hp.lr, hp.weight_decay, hp.backbone_lr_scale)
+        groups = parameter_groups(self, self.net, hp.lr, hp.weight_decay, hp.backbone_lr_scale, hp.norm_bias_lr_scale)
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
         else:
