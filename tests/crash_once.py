@@ -8,5 +8,6 @@ import lightning as L
 
 class CrashRankOneOnce(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.global_rank == 1 and trainer.current_epoch == 1 and os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0":
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT") == "0"
+        if trainer.global_rank == 1 and trainer.current_epoch == 1 and first_attempt:
             raise RuntimeError("crash_once: rank 1 fails once")

@@ -70,7 +70,7 @@ def test_a_preempted_slurm_job_requeues_itself_and_finishes_its_run(tmp_path):
         preempted = time.monotonic()
         subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # what --signal=USR1@90 sends
         # Lightning saves hpc_ckpt_1.ckpt and runs `scontrol requeue`; SLURM stops the job and queues it again
-        # with its start time 2 minutes ahead: start it now (scontrol update StartTime=now, as docs/distributed.md says).
+        # with its start time 2 minutes ahead: start it now (scontrol update StartTime=now, as the docs say).
         wait_until(lambda: job_field(job_id, "JobState") == "PENDING" and job_field(job_id, "Restarts") == "1",
                    180, "the job to be requeued")
         requeued = time.monotonic()
