@@ -14,8 +14,8 @@ from conftest import QUIET_ARGS, REPO
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="unfinished: passed the restart once, then under load one run failed after 22 s and one "
-                         "hung for 10 min after the restart; not yet investigated")
+@pytest.mark.skip(reason="unfinished: the restart worked in 1 of 4 tries here; in the others the restarted "
+                         "workers failed in gloo's init_process_group (ProcessGroupGloo) or hung; not investigated")
 def test_torchrun_restarts_a_crashed_worker_and_the_run_continues_from_its_last_checkpoint(tmp_path):
     runs = tmp_path / "runs"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TORCHELASTIC_"))}
