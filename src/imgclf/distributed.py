@@ -13,6 +13,7 @@ from datetime import timedelta
 import lightning as L
 import torch
 from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.strategies import Strategy, StrategyRegistry
 
 from imgclf.errors import UserError
@@ -34,10 +35,20 @@ def launcher_job_id(env: Mapping[str, str] = os.environ) -> str | None:
                 "IMGCLF_RUN_DIR=runs/<name> on every node, or give the run a name: --run_name NAME."
             )
         return "torchrun-" + re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
-    # Inside an srun step (not the batch script itself): job and step ids are shared and unique.
+    # Inside an srun step: job and step ids are shared by the tasks (and kept when SLURM requeues the job).
     if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in env and "SLURM_STEP_ID" in env:
         return f"slurm-{env['SLURM_JOB_ID']}.{env['SLURM_STEP_ID']}"
+    # A batch script's own process: named after the job (None in `salloc` shells), so that the job, requeued
+    # after preemption with the same id, finds its folder again and continues the run.
+    if env is os.environ and (job_id := SLURMEnvironment.job_id()) is not None:
+        return f"slurm-{job_id}"
     return None
+
+
+def restart_count(env: Mapping[str, str] = os.environ) -> int:
+    """How often the launcher restarted this job with the same arguments: SLURM after a requeue
+    (SLURM_RESTART_COUNT), torchrun after a worker failed (TORCHELASTIC_RESTART_COUNT, --max-restarts)."""
+    return max(int(env.get("SLURM_RESTART_COUNT") or 0), int(env.get("TORCHELASTIC_RESTART_COUNT") or 0))
 
 
 def with_timeout(strategy: object, timeout: timedelta) -> object:

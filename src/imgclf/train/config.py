@@ -45,7 +45,7 @@ class ConfigCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
                             help="Resume training from this checkpoint (e.g. runs/latest/last.ckpt), into a new "
-                                 "run folder.")
+                                 "run folder; `last`: the newest run's last.ckpt (of --run_name's runs if given).")
         parser.add_argument("--runs_dir", type=str, default="runs", help="Parent folder of the run folders.")
         parser.add_argument("--run_name", type=str | None, default=None,
                             help="Run folder name under runs_dir, instead of <time>-<dataset>-<network>.")

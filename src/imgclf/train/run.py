@@ -24,10 +24,13 @@ from imgclf.train.divergence import DivergenceGuard
 from imgclf.train.run_folder import (
     RUN_DIR_ENV,
     AtomicSaveConfig,
+    continues_own_run,
     discard_untrained,
     loggers_into,
     new_run_dir,
+    newest_checkpoint,
     remove_if_empty,
+    restart_checkpoint,
     resume_command,
 )
 from imgclf.train.tracking import DVCLiveConfusionMatrix
@@ -83,8 +86,13 @@ class ImageClassificationCLI(ConfigCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config
-        self.run_dir = new_run_dir(Path(config.runs_dir), config.data.dataset, config.model.network,
-                                   config.run_name)
+        run_name = config.run_name
+        if config.ckpt_path == "last":  # the newest run's last.ckpt, continued into a new folder
+            last, run_name = newest_checkpoint(Path(config.runs_dir), config.run_name)
+            config.ckpt_path = str(last)
+        self.run_dir = new_run_dir(Path(config.runs_dir), config.data.dataset, config.model.network, run_name)
+        # A job restarted by its launcher (SLURM requeue, torchrun --max-restarts) continues its own run in place.
+        self.continues = continues_own_run(self.run_dir)
         # Everything this run writes goes into its own folder, whatever a saved config.yaml names.
         config.trainer.default_root_dir = str(self.run_dir)
         config.trainer.logger = loggers_into(config.trainer.logger, self.run_dir)
@@ -149,18 +157,21 @@ def fit_and_test(args: list[str] | None, default_config: Path | None) -> Path:
     try:
         return fit_then_test(cli)
     except BaseException:
-        if rank_zero_only.rank == 0 and not cli.artifacts.training_started:
-            discard_untrained(cli.run_dir)  # a refused run leaves no folder
+        if rank_zero_only.rank == 0 and not cli.artifacts.training_started and not cli.continues:
+            discard_untrained(cli.run_dir)  # a refused run leaves no folder (a continued one keeps its work)
         raise
 
 
 def fit_then_test(cli: ImageClassificationCLI) -> Path:
-    ckpt_path = cli.config.ckpt_path
+    # A restarted job goes on from its own newest checkpoint (none yet: it starts over, in its own folder).
+    ckpt_path = restart_checkpoint(cli.run_dir) if cli.continues else cli.config.ckpt_path
     if ckpt_path:
         resumed = check_resumable(ckpt_path, cli.model, cli.datamodule.hparams.dataset)
+        where = ("continuing in its own run folder (the job was restarted)" if cli.continues else
+                 f"in the new run folder {cli.run_dir}; its own folder is left as it was")
         if cli.trainer.is_global_zero:
             print(f"Resuming {ckpt_path} (saved at epoch {resumed.get('epoch')}, step {resumed.get('global_step')}) "
-                  f"in the new run folder {cli.run_dir}; its own folder is left as it was.", file=sys.stderr)
+                  f"{where}.", file=sys.stderr)
     has_val = cli.datamodule.val_fraction > 0 and cli.trainer.limit_val_batches != 0
     if not has_val:  # nothing to rank checkpoints by: keep and test the last one
         cli.checkpoint.monitor = None

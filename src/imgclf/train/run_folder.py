@@ -4,7 +4,9 @@ run writes (config, logs, checkpoints), and runs/latest pointing at the newest r
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -13,7 +15,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import SaveConfigCallback
 
 from imgclf.atomic import storage_error, write_text
-from imgclf.distributed import launcher_job_id
+from imgclf.distributed import launcher_job_id, restart_count
 from imgclf.errors import UserError
 from imgclf.train.tracking import dvclive_logger_config
 
@@ -36,10 +38,22 @@ def _mkdir(run_dir: Path) -> None:
         raise storage_error(e, run_dir, "run folder") from e
 
 
+def continues_own_run(run_dir: Path) -> bool:
+    """True for a job that its launcher restarted with the same arguments (a requeued SLURM job, torchrun's
+    --max-restarts) when its run folder from before the restart exists: the job continues that run in place.
+
+    It is the same run, named by the same job id or --run_name, so writing on into its folder destroys no
+    other run's files; a new job (another id) never gets here.
+    """
+    return restart_count() > 0 and (run_dir / "config.yaml").is_file()
+
+
 def _create(run_dir: Path, exists_message: str) -> None:
     try:
         _mkdir(run_dir)
     except FileExistsError:
+        if continues_own_run(run_dir):
+            return
         raise UserError(exists_message) from None
 
 
@@ -68,8 +82,9 @@ def new_run_dir(runs_dir: Path, dataset: str, network: str, run_name: str | None
         run_dir = runs_dir / f"{job_id}-{dataset}-{network}"
         if creator:
             _create(run_dir, f"Run folder {run_dir} already exists: a job with the same id ran before. Start "
-                             f"the job with a new id (torchrun --rdzv-id, or a new SLURM job), or set "
-                             f"--runs_dir to another folder.")
+                             f"the job with a new id (torchrun --rdzv-id, or a new SLURM job), give it "
+                             f"--run_name NAME, or set --runs_dir to another folder. (A job that SLURM requeued "
+                             f"or torchrun restarted continues its own folder.)")
     else:
         stem = runs_dir / f"{run_stamp()}-{dataset}-{network}"
         run_dir, suffix = stem, 1
@@ -116,7 +131,7 @@ def loggers_into(logger: object, run_dir: Path) -> object:
     A run's saved config.yaml names its own folder in the loggers' paths: a run resumed from it (or re-run
     with --config) must still log into its own new folder and leave the old one as it was.
     """
-    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger",
+    csv = {"class_path": "imgclf.train.tracking.ContinuingCSVLogger",
            "init_args": {"save_dir": str(run_dir), "name": "", "version": ""}}
     if logger is False:
         return logger
@@ -146,6 +161,34 @@ class AtomicSaveConfig(SaveConfigCallback):
         run_dir = Path(self.config.trainer.default_root_dir)
         write_text(run_dir / self.config_filename, self.parser.dump(self.config, skip_unset=False), "run config")
         self.already_saved = True
+
+
+def restart_checkpoint(run_dir: Path) -> str | None:
+    """The newest checkpoint a restarted job continues from: Lightning's hpc_ckpt_<n>.ckpt (saved on SLURM's
+    requeue signal, mid-epoch) or last.ckpt (the end of an epoch), whichever was written last."""
+    saved = [*run_dir.glob("hpc_ckpt_*.ckpt"), run_dir / "last.ckpt"]
+    saved = [path for path in saved if path.is_file()]
+    return str(max(saved, key=lambda path: path.stat().st_mtime_ns)) if saved else None
+
+
+def newest_checkpoint(runs_dir: Path, run_name: str | None) -> tuple[Path, str | None]:
+    """`--ckpt_path last`: the last.ckpt of the newest run under runs_dir (runs/latest), or of the newest run
+    named `run_name` or `run_name-resumed-<n>`; with the --run_name the new run gets (the next -resumed-<n>)."""
+    if run_name:
+        folders = [runs_dir / run_name, *runs_dir.glob(f"{glob.escape(run_name)}-resumed-*")]
+        where = f"{runs_dir / run_name} or {runs_dir / run_name}-resumed-<n>"
+    else:
+        folders = [(runs_dir / "latest").resolve()] if (runs_dir / "latest").exists() else []
+        where = f"{runs_dir / 'latest'}"
+    found = [folder / "last.ckpt" for folder in folders if (folder / "last.ckpt").is_file()]
+    if not found:
+        raise UserError(f"--ckpt_path last found no run to continue: no last.ckpt in {where}. Check --runs_dir "
+                        f"and --run_name, or pass a checkpoint file to --ckpt_path.")
+    newest = max(found, key=lambda path: path.stat().st_mtime_ns)
+    if not run_name:
+        return newest, None
+    done = re.fullmatch(rf"{re.escape(run_name)}-resumed-(\d+)", newest.parent.name)
+    return newest, f"{run_name}-resumed-{int(done.group(1)) + 1 if done else 1}"
 
 
 def resume_command(run_dir: Path, run_name: str | None) -> str:

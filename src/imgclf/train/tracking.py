@@ -10,12 +10,16 @@ the CSV logger only and say so once: training must not need the experiment track
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import warnings
 from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 CONFUSION_PLOT = "confusion_matrix"  # <run>/dvclive/plots/sklearn/confusion_matrix.json
 
@@ -28,7 +32,8 @@ def dvclive_logger_config(run_dir: Path) -> dict | None:
         return None
     return {
         "class_path": "dvclive.lightning.DVCLiveLogger",
-        "init_args": {"dir": str(run_dir / "dvclive"), "dvcyaml": None, "save_dvc_exp": False},
+        # resume: a job that SLURM requeued or torchrun restarted appends to its logs from before the restart
+        "init_args": {"dir": str(run_dir / "dvclive"), "dvcyaml": None, "save_dvc_exp": False, "resume": True},
     }
 
 
@@ -51,3 +56,28 @@ class DVCLiveConfusionMatrix(L.Callback):
             return
         true, predicted = confusion_pairs(confusion, pl_module.class_names)
         loggers[0].experiment.log_sklearn_plot("confusion_matrix", true, predicted, name=CONFUSION_PLOT)
+
+
+class ContinuingCSVLogger(CSVLogger):
+    """Lightning's CSVLogger, except that it appends to a metrics.csv already in the folder instead of deleting
+    it: a restarted job (SLURM requeue, torchrun restart) keeps the rows logged before the restart. A new run's
+    folder is always fresh, so for it nothing changes."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):  # the columns logged before, so that new ones extend them
+            with self._fs.open(self.metrics_file_path, "r", newline="") as file:
+                self.metrics_keys = next(csv.reader(file), [])
+
+    def _check_log_dir_exists(self) -> None:  # Lightning's removes metrics.csv here
+        pass
