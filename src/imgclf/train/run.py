@@ -29,6 +29,7 @@ from imgclf.train.run_folder import (
     new_run_dir,
     remove_if_empty,
     resume_command,
+    retest_command,
 )
 from imgclf.train.tracking import DVCLiveConfusionMatrix
 
@@ -143,6 +144,13 @@ def interrupt_message(cli: ImageClassificationCLI) -> str:
             f"  {resume_command(run_dir, cli.config.run_name)}")
 
 
+def test_interrupt_message(cli: ImageClassificationCLI, tested: str) -> str:
+    signal_name = "SIGTERM" if cli.trainer.received_sigterm else "SIGINT (Ctrl-C)"
+    return (f"Testing was stopped by {signal_name}: training completed, but {cli.run_dir} has no metrics.json. "
+            f"{tested} holds the weights being tested. Test them again (into a new run folder, training no "
+            f"further) with:\n  {retest_command(cli.run_dir, tested, cli.config.run_name)}")
+
+
 def fit_and_test(args: list[str] | None, default_config: Path | None) -> Path:
     cli = ImageClassificationCLI(args, default_config=default_config, save_config_callback=AtomicSaveConfig,
                                  save_config_kwargs={"config_filename": "config.yaml"})
@@ -173,7 +181,12 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
     # The best checkpoint; else the last one saved; else (no validation ran, so nothing was saved) the final weights.
     best = cli.checkpoint.best_model_path if has_val else ""
     tested = best or cli.last_checkpoint.best_model_path or save_final_weights(cli)
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested)
+    try:
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested)
+    except SystemExit:  # as in fit; SIGTERMException has no exit code, so unhandled it would exit 0
+        if not cli.trainer.interrupted:
+            raise
+        raise RunInterrupted(test_interrupt_message(cli, tested)) from None
     if cli.trainer.is_global_zero:
         print(f"\nRun folder: {cli.run_dir}  (also {cli.run_dir.parent / 'latest'})", file=sys.stderr)
     return cli.run_dir

@@ -1,0 +1,70 @@
+"""A run never loses work, round two (issue 25): signals during the test, late divergence, resuming with a
+changed optimizer or a shorter run, file-size limits and full disks during a run, and what a checkpoint or
+image path that is not a regular file says. Short digits runs of main.py as a user starts them."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import QUIET_ARGS, REPO
+
+DIGITS = str(REPO / "configs" / "default.yaml")
+
+
+def run_main(*args: str, prelude: str = "", timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
+    """main.py as a user runs it, with `prelude` (Python) run first in the same process to inject a fault."""
+    code = (f"import os, signal, sys\nfrom pathlib import Path\n{prelude}\n"
+            "from imgclf.errors import exit_on_user_error\nfrom imgclf.train.run import main\n"
+            f"with exit_on_user_error():\n    main(sys.argv[1:], Path({DIGITS!r}))\n")
+    return subprocess.run([sys.executable, "-c", code, *args, *QUIET_ARGS], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def one_error(stderr: str) -> str:
+    """The single `error:` paragraph of a failed run, with no traceback beside it."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = re.findall(r"^error: .*(?:\n  .*)*", stderr, re.M)
+    assert len(errors) == 1, stderr[-3000:]
+    return errors[0]
+
+
+SIGNAL_AT_FIRST_TEST_BATCH = """
+from imgclf.model.classifier import ImageClassifier
+_test_step = ImageClassifier.test_step
+def test_step(self, batch, batch_idx):
+    if batch_idx == 0:
+        os.kill(os.getpid(), signal.{name})
+    return _test_step(self, batch, batch_idx)
+ImageClassifier.test_step = test_step
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, said", [("SIGTERM", "SIGTERM"), ("SIGINT", "SIGINT")])
+def test_a_signal_during_the_test_exits_non_zero_with_the_retest_command(tmp_path, name, said):
+    """The test step stopped by a signal: exit non-zero, an error paragraph naming the signal and a command
+    that tests the same weights again without training; that command writes metrics.json."""
+    runs = tmp_path / "runs"
+    done = run_main("--runs_dir", str(runs), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "5",
+                    "--data.eval_batch_size", "64",
+                    prelude=SIGNAL_AT_FIRST_TEST_BATCH.format(name=name))
+    assert done.returncode != 0, done.stderr[-3000:]
+    message = one_error(done.stderr)
+    assert f"Testing was stopped by {said}" in message, message
+    run_dir = (runs / "latest").resolve()
+    assert not (run_dir / "metrics.json").exists()
+    command = shlex.split(re.search(r"^  (uv run python main\.py .*)$", message, re.M).group(1))
+    assert command[4:8] == ["--config", str(run_dir / "config.yaml"), "--ckpt_path", str(run_dir / "best.ckpt")]
+    assert command[8:] == ["--trainer.max_epochs", str(torch.load(run_dir / "best.ckpt", weights_only=False)
+                                                        ["epoch"] + 1)]
+    retest = run_main(*command[4:])
+    assert retest.returncode == 0, retest.stderr[-3000:]
+    assert len(list(runs.glob("*/metrics.json"))) == 1
