@@ -4,10 +4,8 @@ image path that is not a regular file says. Short digits runs of main.py as a us
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +66,28 @@ def test_a_signal_during_the_test_exits_non_zero_with_the_retest_command(tmp_pat
     retest = run_main(*command[4:])
     assert retest.returncode == 0, retest.stderr[-3000:]
     assert len(list(runs.glob("*/metrics.json"))) == 1
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory) -> Path:
+    """Two epochs of three batches with AdamW: a run folder to resume."""
+    runs = tmp_path_factory.mktemp("runs")
+    done = run_main("--runs_dir", str(runs), "--run_name", "short", "--trainer.max_epochs", "2",
+                    "--trainer.limit_train_batches", "3")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return runs / "short"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change, said", [
+    (["--model.optimizer", "sgd", "--trainer.max_epochs", "4"], "was trained with --model.optimizer adamw"),
+    (["--trainer.max_epochs", "1"], "has completed 2 epochs, but --trainer.max_epochs is 1"),
+])
+def test_a_resume_that_cannot_continue_is_refused_before_a_folder_is_made(short_run, change, said):
+    runs = short_run.parent
+    before = sorted(p.name for p in runs.iterdir())
+    done = run_main("--config", str(short_run / "config.yaml"), "--ckpt_path", str(short_run / "last.ckpt"),
+                    "--run_name", "resumed", *change)
+    assert done.returncode != 0
+    assert said in one_error(done.stderr)
+    assert sorted(p.name for p in runs.iterdir()) == before  # no leftover folder

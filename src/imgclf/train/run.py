@@ -18,7 +18,7 @@ from imgclf.atomic import is_storage_failure, storage_error
 from imgclf.distributed import check_trainer, with_timeout
 from imgclf.errors import UserError
 from imgclf.train.artifacts import RunArtifacts
-from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
+from imgclf.train.checkpoints import AtomicCheckpointIO, check_max_epochs, check_resumable
 from imgclf.train.config import ConfigCLI
 from imgclf.train.divergence import DivergenceGuard
 from imgclf.train.run_folder import (
@@ -166,6 +166,7 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
     ckpt_path = cli.config.ckpt_path
     if ckpt_path:
         resumed = check_resumable(ckpt_path, cli.model, cli.datamodule.hparams.dataset)
+        check_max_epochs(resumed, cli.trainer.max_epochs, ckpt_path)
         if cli.trainer.is_global_zero:
             print(f"Resuming {ckpt_path} (saved at epoch {resumed.get('epoch')}, step {resumed.get('global_step')}) "
                   f"in the new run folder {cli.run_dir}; its own folder is left as it was.", file=sys.stderr)
