@@ -91,3 +91,24 @@ def test_a_resume_that_cannot_continue_is_refused_before_a_folder_is_made(short_
     assert done.returncode != 0
     assert said in one_error(done.stderr)
     assert sorted(p.name for p in runs.iterdir()) == before  # no leftover folder
+
+
+def non_finite(checkpoint: Path) -> list[str]:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    return [name for name, value in state.items() if value.is_floating_point() and not value.isfinite().all()]
+
+
+@pytest.mark.slow
+def test_late_divergence_in_batchnorm_buffers_leaves_only_finite_checkpoints(tmp_path):
+    """SGD at lr 20: a BatchNorm running_var overflows epochs before the loss does. The run stops at the first
+    non-finite buffer, and every checkpoint it leaves (and runs/latest's) holds finite parameters and buffers."""
+    runs = tmp_path / "runs"
+    done = run_main("--runs_dir", str(runs), "--model.optimizer", "sgd", "--model.lr", "20",
+                    "--model.warmup_fraction", "0.5", "--trainer.max_epochs", "8")
+    assert done.returncode != 0
+    assert "Training diverged" in one_error(done.stderr)
+    checkpoints = sorted(runs.rglob("*.ckpt"))
+    for checkpoint in checkpoints:
+        assert non_finite(checkpoint) == [], checkpoint
+    if (runs / "latest").exists():  # it points only at a run with a finite checkpoint to resume
+        assert (runs / "latest" / "last.ckpt").is_file()
