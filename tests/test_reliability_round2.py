@@ -4,7 +4,9 @@ image path that is not a regular file says. Short digits runs of main.py as a us
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -112,3 +114,40 @@ def test_late_divergence_in_batchnorm_buffers_leaves_only_finite_checkpoints(tmp
         assert non_finite(checkpoint) == [], checkpoint
     if (runs / "latest").exists():  # it points only at a run with a finite checkpoint to resume
         assert (runs / "latest" / "last.ckpt").is_file()
+
+
+def _limit_file_size() -> None:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (500_000, 500_000))  # a checkpoint is about 1.2 MB
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_gives_the_storage_error_and_latest_stays(tmp_path):
+    """`ulimit -f` below a checkpoint's size: Python ignores SIGXFSZ, so the write fails with EFBIG; that is one
+    storage error naming the limit, and runs/latest never points at a folder without a checkpoint."""
+    runs = tmp_path / "runs"
+    done = run_main("--runs_dir", str(runs), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+                    preexec_fn=_limit_file_size)
+    assert done.returncode != 0
+    message = one_error(done.stderr)
+    assert "file-size limit" in message and "ulimit -f" in message, message
+    assert not (runs / "latest").exists()
+
+
+def _mount_tmpfs(folder: Path, size: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root (mount -t tmpfs)")
+
+
+@pytest.mark.slow
+def test_a_full_disk_leaves_runs_latest_where_it_was(tmp_path):
+    runs = tmp_path / "runs"
+    _mount_tmpfs(runs, "300k")
+    try:
+        done = run_main("--runs_dir", str(runs), "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3")
+        assert done.returncode != 0
+        assert "the disk is full" in one_error(done.stderr)
+        assert not (runs / "latest").exists()
+    finally:
+        subprocess.run(["umount", str(runs)])

@@ -189,7 +189,9 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
             raise
         raise RunInterrupted(test_interrupt_message(cli, tested)) from None
     if cli.trainer.is_global_zero:
-        print(f"\nRun folder: {cli.run_dir}  (also {cli.run_dir.parent / 'latest'})", file=sys.stderr)
+        latest = cli.run_dir.parent / "latest"
+        also = f"  (also {latest})" if latest.resolve() == cli.run_dir.resolve() else ""  # not if it saved none
+        print(f"\nRun folder: {cli.run_dir}{also}", file=sys.stderr)
     return cli.run_dir
 
 
