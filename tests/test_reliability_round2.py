@@ -11,10 +11,16 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import QUIET_ARGS, REPO
+
+from imgclf.deploy.predictor import load_image, open_session
+from imgclf.deploy.verify import check_same_model
+from imgclf.errors import UserError
+from imgclf.train.checkpoints import read_checkpoint
 
 DIGITS = str(REPO / "configs" / "default.yaml")
 
@@ -151,3 +157,40 @@ def test_a_full_disk_leaves_runs_latest_where_it_was(tmp_path):
         assert not (runs / "latest").exists()
     finally:
         subprocess.run(["umount", str(runs)])
+
+
+# ------------------------------------------------------------------------------------------ in process
+@pytest.mark.parametrize("make, said", [
+    (lambda p: p.mkdir(), "is a folder, not a file"),
+    (lambda p: os.mkfifo(p), "is a FIFO, not a regular file"),
+    (None, "is a device, not a regular file"),  # /dev/zero
+    (lambda p: None, "does not exist"),
+])
+def test_a_path_that_is_not_a_regular_file_is_named_for_what_it_is(tmp_path, make, said):
+    """A folder, FIFO or /dev/zero given as a checkpoint, model or image: said as such, not "does not exist"
+    (and never read: a FIFO blocks, /dev/zero never ends)."""
+    if make is None:
+        path = Path("/dev/zero")
+    else:
+        path = tmp_path / "thing"
+        make(path)
+    with pytest.raises(UserError, match=f"Checkpoint {re.escape(str(path))} {said}"):
+        read_checkpoint(path, "fix")
+    with pytest.raises(UserError, match=f"Model file {re.escape(str(path))} {said}"):
+        open_session(path)
+    with pytest.raises(UserError, match=f"{re.escape(str(path))} {said}"):
+        load_image(path, SimpleNamespace(in_channels=1))
+
+
+def test_a_class_name_mismatch_names_the_differing_names_once():
+    names = [str(i) for i in range(10)]
+    metadata = SimpleNamespace(network="small_cnn", class_names=names, image_size=(8, 8), in_channels=1,
+                               checkpoint="runs/a/best.ckpt")
+    renamed = [*names[:9], "nine"]
+    ckpt = SimpleNamespace(path="runs/b/best.ckpt", model=SimpleNamespace(
+        class_names=renamed, hparams=SimpleNamespace(network="small_cnn", image_size=(8, 8), in_channels=1)))
+    with pytest.raises(UserError) as caught:
+        check_same_model(metadata, ckpt, Path("model.onnx"))
+    message = str(caught.value)
+    assert f"class names: {names} in the model, {renamed} in the checkpoint" in message, message
+    assert "network" not in message.split("(", 1)[1].split(")")[0], message  # only what differs

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from imgclf.atomic import atomic_path
-from imgclf.errors import UserError
+from imgclf.errors import UserError, not_a_file
 from imgclf.model.weights import misfit
 
 # What must match between a checkpoint and the run that resumes it: the model's description of its data.
@@ -23,8 +23,8 @@ RESUME_MUST_MATCH = ["network", "num_classes", "in_channels", "image_size", "cla
 
 def read_checkpoint(path: str | Path, fix: str) -> dict:
     """The checkpoint's contents (on the CPU); `fix` ends each error message."""
-    if not Path(path).is_file():
-        raise UserError(f"Checkpoint {path} does not exist. {fix}")
+    if problem := not_a_file(path):
+        raise UserError(f"Checkpoint {path} {problem}. {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated zip or a random file: torch raises many types
