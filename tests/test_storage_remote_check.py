@@ -66,3 +66,17 @@ def test_a_corrupted_remote_object_fails_the_pull_and_is_named(tmp_path: Path) -
         assert "b.bin" not in named.stderr
     finally:
         local_s3.stop(server)
+
+
+def test_a_fresh_pull_on_the_placeholder_remote_names_it(tmp_path: Path) -> None:
+    """The shipped remote is nobody's bucket: DVC's own error names the bucket, so its name is the hint."""
+    sh("git", "init", "-q", cwd=tmp_path)
+    sh("dvc", "init", "-q", cwd=tmp_path)
+    shutil.copy(REPO / ".dvc" / "config", tmp_path / ".dvc" / "config")
+    shutil.copy(REPO / "model.onnx.dvc", tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(DVC_NO_ANALYTICS="1", AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE="/nonexistent")
+    pulled = subprocess.run([str(BIN / "dvc"), "pull", "model.onnx.dvc"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300, env=env)
+    assert pulled.returncode != 0
+    assert "replace-with-your-bucket" in pulled.stderr, pulled.stderr

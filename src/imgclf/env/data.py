@@ -6,7 +6,8 @@ from pathlib import Path
 
 from imgclf.env.report import UV_SYNC, Check
 
-PLACEHOLDER_REMOTE = "s3://imgclf-dvc-example/imgclf"  # the bucket .dvc/config ships with: nobody's bucket
+# The remote .dvc/config ships with, nobody's bucket: DVC names the bucket in its errors, so its name is the hint.
+PLACEHOLDER_REMOTE = "s3://replace-with-your-bucket/imgclf"
 
 
 def dataset_checks(data_dir: Path) -> list[Check]:
