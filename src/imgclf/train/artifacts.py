@@ -65,7 +65,8 @@ def save_training_curves(metrics_csv: Path, out: Path) -> None:
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Top-1 accuracy")
     for ax in (loss_ax, acc_ax):
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run that trained no epoch (a re-test) has no curves
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     _save_figure(fig, out)
