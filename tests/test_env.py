@@ -188,7 +188,7 @@ def test_datasets_present_or_missing(tmp_path):
      "storage -> s3://bucket/imgclf"),
     ((REPO / ".dvc" / "config").read_text(), "WARN", "dvc remote modify storage url s3://<your-bucket>"),
     ((REPO / ".dvc" / "config").read_text() + "    endpointurl = http://127.0.0.1:8333\n", "PASS",
-     "storage -> s3://imgclf-dvc-example/imgclf at http://127.0.0.1:8333"),  # the local S3 server
+     "storage -> s3://replace-with-your-bucket/imgclf at http://127.0.0.1:8333"),  # the local S3 server
 ])
 def test_dvc_remote(tmp_path, monkeypatch, config, status, expected):
     monkeypatch.setenv("HOME", str(tmp_path))  # keep the user's global DVC config out of it

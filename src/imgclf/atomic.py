@@ -21,6 +21,9 @@ _STORAGE_HINTS = {
     errno.ENOSPC: "the disk is full: free space or write elsewhere",
     errno.EDQUOT: "the disk quota is exhausted: free space or write elsewhere",
     errno.EROFS: "the filesystem is read-only: write elsewhere",
+    # Python ignores SIGXFSZ, so a file-size limit shows up as EFBIG on the write that passes it.
+    errno.EFBIG: "the file would pass the file-size limit (see `ulimit -f`) or the filesystem's largest file: "
+                 "raise the limit or write elsewhere",
     errno.EACCES: "permission denied: write to a folder you own",
     errno.EPERM: "permission denied: write to a folder you own",
 }

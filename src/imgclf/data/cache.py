@@ -11,9 +11,11 @@ or another decoder makes it stale: training then refuses it and says how to rebu
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from imgclf.atomic import write_text
+from imgclf.atomic import is_storage_failure, storage_error, write_text
 from imgclf.data.decode import DECODER_VERSION
 from imgclf.data.image_files import ImageFile, ImageFileDataset, drop_bad_images
 from imgclf.data.transforms import base_size
@@ -90,6 +92,28 @@ def open_cache(folder: Path, root: Path, files: list[ImageFile], input_size: int
     return ImageCache(folder, {f.path: row for row, f in enumerate(files)}, bad)
 
 
+def _reserved_memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray:
+    """A new .npy memory map whose disk blocks are allocated up front. A memory map over a sparse file finds a
+    full disk only when a page is written back, and the kernel then kills the process with SIGBUS; allocating
+    first turns that into ENOSPC here, before any decoding."""
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+    except OSError as e:
+        del images
+        if e.errno == errno.ENOSPC:
+            free = shutil.disk_usage(path.parent).free
+            raise UserError(f"Cannot write the image cache {path.with_name(IMAGES)}: it needs "
+                            f"{os.fstat(fd).st_size / 1e6:.1f} MB and {path.parent} has {free / 1e6:.1f} MB free. "
+                            f"Free space, or set --data.cache_dir to a folder on a larger disk.") from e
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a filesystem without fallocate: write as before
+            raise
+    finally:
+        os.close(fd)
+    return images
+
+
 def build_cache(folder: Path, root: Path, files: list[ImageFile], input_size: int, crop_to_box: bool,
                 box_padding: float, skip_bad_images: bool, num_workers: int) -> Path:
     """Decode every file once (in `num_workers` processes) into `folder`; returns the folder."""
@@ -98,18 +122,24 @@ def build_cache(folder: Path, root: Path, files: list[ImageFile], input_size: in
     folder.mkdir(parents=True, exist_ok=True)
     (folder / INDEX).unlink(missing_ok=True)  # no index, no cache: a half-written cache is never used
     tmp = folder / f"{IMAGES}.tmp"
-    images = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(files), 3, side, side))
-    dataset = ImageFileDataset(files, input_size, view=None, crop_to_box=crop_to_box, box_padding=box_padding)
-    skipped: set[Path] = set()
-    for batch in DataLoader(dataset, batch_size=32, num_workers=num_workers):
-        batch_images, _, rows = batch
-        images[rows.numpy()] = batch_images.numpy()
-        drop_bad_images(batch, dataset, skip_bad_images, skipped)  # raises or warns, as training does
-    # unique_files above: each path is one row
-    bad_rows = [row for row, f in enumerate(files) if f.path in skipped]
-    images.flush()
-    del images
-    tmp.replace(folder / IMAGES)
+    try:
+        images = _reserved_memmap(tmp, (len(files), 3, side, side))
+        dataset = ImageFileDataset(files, input_size, view=None, crop_to_box=crop_to_box, box_padding=box_padding)
+        skipped: set[Path] = set()
+        for batch in DataLoader(dataset, batch_size=32, num_workers=num_workers):
+            batch_images, _, rows = batch
+            images[rows.numpy()] = batch_images.numpy()
+            drop_bad_images(batch, dataset, skip_bad_images, skipped)  # raises or warns, as training does
+        # unique_files above: each path is one row
+        bad_rows = [row for row, f in enumerate(files) if f.path in skipped]
+        images.flush()
+        del images
+        tmp.replace(folder / IMAGES)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)  # a half-written cache is never left behind, also on Ctrl-C or a bad image
+        if isinstance(e, OSError) and is_storage_failure(e):
+            raise storage_error(e, folder / IMAGES, "image cache") from e
+        raise
     index = {"fingerprint": fingerprint(root, files, input_size, crop_to_box, box_padding), "side": side,
              "files": [os.path.relpath(f.path, root) for f in files], "bad_rows": bad_rows}
     write_text(folder / INDEX, json.dumps(index, indent=1), "image cache index")  # last: it marks the cache whole

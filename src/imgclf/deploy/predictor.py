@@ -25,7 +25,7 @@ from PIL import Image, UnidentifiedImageError
 from imgclf.data.decode import IMAGE_SUFFIXES, decode_image, images_in
 from imgclf.deploy.compat import too_old_runtime_error
 from imgclf.deploy.metadata import INPUT_NAME, ModelMetadata
-from imgclf.errors import UserError, exit_on_user_error
+from imgclf.errors import UserError, exit_on_user_error, not_a_file
 
 # Images per session.run: bounds ONNX Runtime's activation memory (the decoded files are all stacked
 # before the first run, so it does not bound that); the batch axis is dynamic, any size works.
@@ -44,8 +44,8 @@ def open_session(model_path: str | Path,
                  threads: int | None = None) -> tuple[ort.InferenceSession, ModelMetadata]:
     """An ONNX Runtime CPU session for the file and its metadata, with clear errors for bad files."""
     model_path = Path(model_path)
-    if not model_path.is_file():
-        raise UserError(f"Model file {model_path} does not exist. Fetch the released model with `uv run dvc "
+    if problem := not_a_file(model_path):
+        raise UserError(f"Model file {model_path} {problem}. Fetch the released model with `uv run dvc "
                         f"pull model.onnx.dvc`, or export one with `uv run python export.py --output "
                         f"{model_path}`, or pass --model.")
     try:
@@ -86,8 +86,8 @@ def center_crop_to_aspect(image: Image.Image, height: int, width: int) -> Image.
 def load_image(path: str | Path, metadata: ModelMetadata) -> np.ndarray:
     """float32 [C, H, W] raw pixels 0-255 as the model expects; UserError when the file is not an image."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path} does not exist; pass image files (PNG, JPEG, ...) or folders of them.")
+    if problem := not_a_file(path):
+        raise UserError(f"{path} {problem}; pass image files (PNG, JPEG, ...) or folders of them.")
     try:
         # The decoding training and evaluation use: EXIF rotation applied, 16 bits scaled, huge files refused.
         image = decode_image(path, "L" if metadata.in_channels == 1 else "RGB")

@@ -52,11 +52,13 @@ def check_same_model(metadata: ModelMetadata, ckpt: Checkpoint, model_path: Path
     ours = (metadata.network, metadata.class_names, list(metadata.image_size), metadata.in_channels)
     theirs = (hp.network, list(ckpt.model.class_names), list(hp.image_size), hp.in_channels)
     if ours != theirs:
+        # Only what differs, with both values: a renamed class leaves network, count and input alike.
+        names = ("network", "class names", "input size", "input channels")
+        differs = "; ".join(f"{name}: {a} in the model, {b} in the checkpoint"
+                            for name, a, b in zip(names, ours, theirs, strict=True) if a != b)
         raise UserError(
-            f"{model_path} ({metadata.network}, {len(metadata.class_names)} classes, input "
-            f"{metadata.in_channels}x{metadata.image_size}) was not exported from {ckpt.path} "
-            f"({hp.network}, {len(theirs[1])} classes, input {hp.in_channels}x{list(hp.image_size)}). "
-            f"Pass the checkpoint it came from with --ckpt (export recorded {metadata.checkpoint})."
+            f"{model_path} was not exported from {ckpt.path} ({differs}). Pass the checkpoint it came from "
+            f"with --ckpt (export recorded {metadata.checkpoint})."
         )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from imgclf.env.arch import arch_verdict
 from imgclf.env.probe import TIMEOUT_ENV
-from imgclf.env.report import UV_SYNC, Check, ChildResult, start_python
+from imgclf.env.report import TIMED_OUT, UV_SYNC, Check, ChildResult, start_python
 
 PACKAGES = ["torch", "lightning", "torchvision", "torchmetrics", "jsonargparse", "onnx", "onnxruntime",
             "dvc", "scikit-learn", "pandas"]
@@ -100,6 +100,9 @@ def _cpu_bf16_check(fp32: dict[str, Any], bf16: dict[str, Any]) -> Check:
 
 
 def _child_fix(error: str, otherwise: str) -> str:
+    if TIMED_OUT in error:  # most often a busy or slow machine: importing torch alone can take tens of seconds
+        return (f"Rerun with a larger limit, e.g. `uv run check_env.py --timeout 300`; if it still times out, "
+                f"{otherwise[0].lower()}{otherwise[1:]}")
     return UV_SYNC if "ModuleNotFoundError" in error or "ImportError" in error else otherwise
 
 

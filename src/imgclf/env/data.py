@@ -6,7 +6,8 @@ from pathlib import Path
 
 from imgclf.env.report import UV_SYNC, Check
 
-PLACEHOLDER_REMOTE = "s3://imgclf-dvc-example/imgclf"  # the bucket .dvc/config ships with: nobody's bucket
+# The remote .dvc/config ships with, nobody's bucket: DVC names the bucket in its errors, so its name is the hint.
+PLACEHOLDER_REMOTE = "s3://replace-with-your-bucket/imgclf"
 
 
 def dataset_checks(data_dir: Path) -> list[Check]:
@@ -42,7 +43,13 @@ def dvc_remote_check(root: Path) -> Check:
         return Check("data", "dvc remote", "WARN", f"{root} is not a DVC repository (no .dvc/ folder)",
                      "Run `dvc init` in the project folder to version data and models with DVC.",
                      {"remotes": {}, "default": None})
-    config = Config(dvc_dir=str(root / ".dvc"))
+    try:
+        config = Config(dvc_dir=str(root / ".dvc"))
+    except Exception as e:  # ConfigError (bad syntax, unknown key) or an unreadable file: report it, go on
+        return Check("data", "dvc remote", "FAIL", f"cannot read the DVC config: {e}",
+                     f"Fix the file it names ({root / '.dvc' / 'config'}, or config.local beside it), or restore "
+                     f"the project's own with `git checkout .dvc/config`; `dvc config --list` shows what DVC "
+                     f"reads.", {"remotes": {}, "default": None, "error": str(e)})
     remotes = {name: conf.get("url", "") for name, conf in config["remote"].items()}
     default = config["core"].get("remote")
     info = {"remotes": remotes, "default": default}

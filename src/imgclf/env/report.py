@@ -15,6 +15,7 @@ from typing import Any, Literal
 Status = Literal["PASS", "WARN", "FAIL"]
 RESULT_MARK = "IMGCLF_ENV_RESULT "  # prefixes the child's JSON line, so library chatter on stdout is ignored
 UV_SYNC = "Run `uv sync` in the project folder, then start the script with `uv run check_env.py`."
+TIMED_OUT = "did not finish within"  # a child killed at --timeout; checks.py then advises a larger one
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding imgclf/, for child processes
 
 
@@ -86,7 +87,7 @@ def finish(proc: subprocess.Popen, timeout: float, deadline: float | None = None
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # its own session (start_new_session), so only its processes
         proc.communicate()
-        return ChildResult(None, f"did not finish within {timeout:g} s and was killed")
+        return ChildResult(None, f"{TIMED_OUT} {timeout:g} s and was killed")
     for line in out.splitlines():
         if line.startswith(RESULT_MARK) and proc.returncode == 0:
             return ChildResult(json.loads(line[len(RESULT_MARK):]), "")

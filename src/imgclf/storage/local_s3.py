@@ -161,10 +161,35 @@ def start(folder: Path, port: int, bucket: str, timeout: float = 60.0) -> LocalS
     return server
 
 
+def server_sockets(folder: Path, port: int) -> list[Path]:
+    """The Unix sockets a server on `port` makes: two in its folder, and one per component's gRPC port in /tmp
+    (SeaweedFS names those itself; no flag moves them)."""
+    grpc = [Path(f"/tmp/seaweedfs-{name}-grpc-{p + GRPC_OFFSET}.sock") for name, p in component_ports(port).items()]
+    return [folder / "filer.sock", folder / "s3.sock", *grpc]
+
+
+def remove_stale_sockets(paths: list[Path]) -> None:
+    """Remove the sockets no process listens on any more. SeaweedFS leaves some even after a clean SIGTERM, and
+    all of them after a SIGKILL (a stop that hung, e.g. during a push); one that answers is another server's."""
+    for path in paths:
+        if not path.is_socket():
+            continue
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(path))
+                continue  # alive
+            except OSError:
+                pass
+        path.unlink(missing_ok=True)
+
+
 def stop(folder: Path) -> bool:
-    """Stop the server started from `folder`: SIGTERM, then SIGKILL. False when none was running."""
+    """Stop the server started from `folder`: SIGTERM, then SIGKILL; then remove its sockets. False when none
+    was running."""
     folder = folder.resolve()
     process = running_server(folder)
+    state = folder / "server.json"
+    port = json.loads(state.read_text()).get("port") if state.is_file() else None
     if process is not None:
         process.terminate()
         try:
@@ -172,7 +197,9 @@ def stop(folder: Path) -> bool:
         except psutil.TimeoutExpired:
             process.kill()
             process.wait(STOP_GRACE_SECONDS)
-    (folder / "server.json").unlink(missing_ok=True)
+    if port is not None:
+        remove_stale_sockets(server_sockets(folder, port))
+    state.unlink(missing_ok=True)
     return process is not None
 
 

@@ -65,7 +65,8 @@ def save_training_curves(metrics_csv: Path, out: Path) -> None:
     loss_ax.set(xlabel="epoch", ylabel="loss", title="Loss")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Top-1 accuracy")
     for ax in (loss_ax, acc_ax):
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run that trained no epoch (a re-test) has no curves
+            ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
     _save_figure(fig, out)
@@ -77,7 +78,7 @@ def finite_or_none(value: float) -> float | None:
 
 
 class RunArtifacts(L.Callback):
-    """Points runs/latest at the run once it has completed an epoch, and writes the run's artifacts into its
+    """Points runs/latest at the run once it holds a checkpoint, and writes the run's artifacts into its
     folder at the end of testing (global rank 0 only)."""
 
     def __init__(self, folder: Path) -> None:
@@ -93,13 +94,25 @@ class RunArtifacts(L.Callback):
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.training_started = True
 
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.is_global_zero and not self._latest_moved:  # a run that trained: not a refused or empty one
+    def _point_latest_once_checkpointed(self, trainer: L.Trainer) -> None:
+        """runs/latest moves to this run once it holds a checkpoint to resume or test, not before: a write that
+        failed (full disk, file-size limit) must not leave it pointing at a folder with nothing to resume.
+        Lightning runs checkpoint callbacks after all others, so an epoch's checkpoint is seen at the next
+        epoch's start, at the end of fitting, or when an interrupt or error stops the run."""
+        if trainer.is_global_zero and not self._latest_moved and any(
+                (self.folder / name).is_file() for name in ("last.ckpt", "best.ckpt")):
             point_latest_at(self.folder)
             self._latest_moved = True
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._point_latest_once_checkpointed(trainer)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._point_latest_once_checkpointed(trainer)
+
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.fit_seconds = time.perf_counter() - self._fit_start
+        self._point_latest_once_checkpointed(trainer)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero:

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from imgclf.atomic import atomic_path
-from imgclf.errors import UserError
+from imgclf.errors import UserError, not_a_file
 from imgclf.model.weights import misfit
 
 # What must match between a checkpoint and the run that resumes it: the model's description of its data.
@@ -23,8 +23,8 @@ RESUME_MUST_MATCH = ["network", "num_classes", "in_channels", "image_size", "cla
 
 def read_checkpoint(path: str | Path, fix: str) -> dict:
     """The checkpoint's contents (on the CPU); `fix` ends each error message."""
-    if not Path(path).is_file():
-        raise UserError(f"Checkpoint {path} does not exist. {fix}")
+    if problem := not_a_file(path):
+        raise UserError(f"Checkpoint {path} {problem}. {fix}")
     try:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # a truncated zip or a random file: torch raises many types
@@ -76,6 +76,7 @@ def check_resumable(path: str | Path, model: torch.nn.Module, dataset: str) -> d
             f"with that run's config (--config <its run folder>/config.yaml), or start a new run without "
             f"--ckpt_path."
         )
+    check_same_optimizer(saved, model.hparams, path)
     differs = misfit(model.state_dict(), raw.get("state_dict", {}))
     if differs:
         raise UserError(
@@ -84,6 +85,29 @@ def check_resumable(path: str | Path, model: torch.nn.Module, dataset: str) -> d
             f"Use the config the checkpoint was trained with (its run folder holds config.yaml)."
         )
     return raw
+
+
+def check_same_optimizer(saved: dict, current: dict, path: str | Path) -> None:
+    """A resumed run restores the optimizer's state (momentum buffers, Adam moments): another optimizer cannot
+    read it (torch's SGD fails on AdamW's state with KeyError 'momentum')."""
+    if "optimizer" in saved and saved["optimizer"] != current.get("optimizer"):
+        raise UserError(
+            f"Checkpoint {path} was trained with --model.optimizer {saved['optimizer']}, this run asks for "
+            f"{current.get('optimizer')}: resuming continues the optimizer's own state, which only the same "
+            f"optimizer can read. Resume with --model.optimizer {saved['optimizer']}, or start a new run without "
+            f"--ckpt_path.")
+
+
+def check_max_epochs(raw: dict, max_epochs: int | None, path: str | Path) -> None:
+    """Refuse resuming into a run shorter than the checkpoint's: Lightning raises a MisconfigurationException
+    mid-restore, after the run folder is made."""
+    epochs = raw.get("epoch")
+    if max_epochs is None or max_epochs < 0 or not isinstance(epochs, int) or epochs + 1 <= max_epochs:
+        return
+    raise UserError(
+        f"Checkpoint {path} has completed {epochs + 1} epochs, but --trainer.max_epochs is {max_epochs}: a resumed "
+        f"run trains on up to max_epochs in all, so it cannot be below what the checkpoint has done. Pass "
+        f"--trainer.max_epochs {epochs + 1} to only test it, or more to train further.")
 
 
 class _WriteErrorRecorder:

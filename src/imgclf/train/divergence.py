@@ -10,6 +10,11 @@ import torch
 
 from imgclf.errors import UserError
 
+ADVICE = ("Training stopped there; no checkpoint of the diverged weights was written (best.ckpt and last.ckpt, if "
+          "any, hold the last finite epoch). Try a lower --model.lr (e.g. a tenth), a longer warm-up "
+          "(--model.warmup_fraction), or --trainer.gradient_clip_val 1.0; with 16-bit precision, try bf16-mixed or "
+          "32.")
+
 
 class TrainingDiverged(UserError):
     """The training loss became NaN or infinite."""
@@ -51,9 +56,29 @@ class DivergenceGuard(L.Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self.check(trainer)
+            self.check_weights(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.check(trainer)
+        self.check_weights(trainer, pl_module)
+
+    def check_weights(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Before each checkpoint: every parameter and buffer finite. A loss can stay finite while a BatchNorm
+        running_var overflows (training normalizes by the batch's own statistics, not the running ones), and
+        the checkpoint then holds a model that predicts nothing."""
+        tensors = [(name, t) for name, t in [*pl_module.named_parameters(), *pl_module.named_buffers()]
+                   if t.is_floating_point()]
+        if not tensors:
+            return
+        finite = torch.stack([t.detach().isfinite().all() for _, t in tensors])
+        any_bad = trainer.strategy.reduce((~finite).any().int(), reduce_op="max")  # any rank's
+        if not int(any_bad):
+            return
+        bad = [name for (name, _), ok in zip(tensors, finite.tolist(), strict=True) if not ok]
+        raise TrainingDiverged(
+            f"Training diverged: by the end of epoch {trainer.current_epoch} (step {trainer.global_step}) the "
+            f"weights held NaN or infinity ({len(bad)} tensors, e.g. {bad[:3]}) although the loss was still "
+            f"finite. {ADVICE}")
 
     def check(self, trainer: L.Trainer) -> None:
         if self._first_bad_step is None:
@@ -66,8 +91,5 @@ class DivergenceGuard(L.Callback):
         at_lr = f" at learning rate {lr:.3g}" if lr is not None else ""
         raise TrainingDiverged(
             f"Training diverged: the loss became NaN or infinite at step {step} (epoch {trainer.current_epoch})"
-            f"{at_lr}. Training stopped there; no checkpoint of the diverged weights was written (best.ckpt and "
-            f"last.ckpt, if any, hold the last finite epoch). Try a lower --model.lr (e.g. a tenth), a longer "
-            f"warm-up (--model.warmup_fraction), or --trainer.gradient_clip_val 1.0; with 16-bit precision, "
-            f"try bf16-mixed or 32."
+            f"{at_lr}. {ADVICE}"
         )

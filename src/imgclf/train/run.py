@@ -18,7 +18,7 @@ from imgclf.atomic import is_storage_failure, storage_error
 from imgclf.distributed import check_trainer, with_timeout
 from imgclf.errors import UserError
 from imgclf.train.artifacts import RunArtifacts
-from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
+from imgclf.train.checkpoints import AtomicCheckpointIO, check_max_epochs, check_resumable
 from imgclf.train.config import ConfigCLI
 from imgclf.train.divergence import DivergenceGuard
 from imgclf.train.run_folder import (
@@ -32,6 +32,7 @@ from imgclf.train.run_folder import (
     remove_if_empty,
     restart_checkpoint,
     resume_command,
+    retest_command,
 )
 from imgclf.train.tracking import DVCLiveConfusionMatrix
 
@@ -151,6 +152,13 @@ def interrupt_message(cli: ImageClassificationCLI) -> str:
             f"  {resume_command(run_dir, cli.config.run_name)}")
 
 
+def test_interrupt_message(cli: ImageClassificationCLI, tested: str) -> str:
+    signal_name = "SIGTERM" if cli.trainer.received_sigterm else "SIGINT (Ctrl-C)"
+    return (f"Testing was stopped by {signal_name}: training completed, but {cli.run_dir} has no metrics.json. "
+            f"{tested} holds the weights being tested. Test them again (into a new run folder, training no "
+            f"further) with:\n  {retest_command(cli.run_dir, tested, cli.config.run_name)}")
+
+
 def fit_and_test(args: list[str] | None, default_config: Path | None) -> Path:
     cli = ImageClassificationCLI(args, default_config=default_config, save_config_callback=AtomicSaveConfig,
                                  save_config_kwargs={"config_filename": "config.yaml"})
@@ -169,6 +177,7 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
         resumed = check_resumable(ckpt_path, cli.model, cli.datamodule.hparams.dataset)
         where = ("continuing in its own run folder (the job was restarted)" if cli.continues else
                  f"in the new run folder {cli.run_dir}; its own folder is left as it was")
+        check_max_epochs(resumed, cli.trainer.max_epochs, ckpt_path)
         if cli.trainer.is_global_zero:
             print(f"Resuming {ckpt_path} (saved at epoch {resumed.get('epoch')}, step {resumed.get('global_step')}) "
                   f"{where}.", file=sys.stderr)
@@ -184,9 +193,16 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
     # The best checkpoint; else the last one saved; else (no validation ran, so nothing was saved) the final weights.
     best = cli.checkpoint.best_model_path if has_val else ""
     tested = best or cli.last_checkpoint.best_model_path or save_final_weights(cli)
-    cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested)
+    try:
+        cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path=tested)
+    except SystemExit:  # as in fit; SIGTERMException has no exit code, so unhandled it would exit 0
+        if not cli.trainer.interrupted:
+            raise
+        raise RunInterrupted(test_interrupt_message(cli, tested)) from None
     if cli.trainer.is_global_zero:
-        print(f"\nRun folder: {cli.run_dir}  (also {cli.run_dir.parent / 'latest'})", file=sys.stderr)
+        latest = cli.run_dir.parent / "latest"
+        also = f"  (also {latest})" if latest.resolve() == cli.run_dir.resolve() else ""  # not if it saved none
+        print(f"\nRun folder: {cli.run_dir}{also}", file=sys.stderr)
     return cli.run_dir
 
 

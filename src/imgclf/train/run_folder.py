@@ -11,6 +11,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
+import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.cli import SaveConfigCallback
 
@@ -195,3 +196,15 @@ def resume_command(run_dir: Path, run_name: str | None) -> str:
     """The command that resumes this run from its last.ckpt (into a new folder)."""
     command = f"uv run python main.py --config {run_dir / 'config.yaml'} --ckpt_path {run_dir / 'last.ckpt'}"
     return command + (f" --run_name {run_name}-resumed" if run_name else "")
+
+
+def retest_command(run_dir: Path, checkpoint: Path | str, run_name: str | None) -> str:
+    """The command that tests `checkpoint` again, in a new folder: resumed with max_epochs equal to the epochs
+    it had completed, the run trains no further and goes straight to its test."""
+    try:
+        epochs = int(torch.load(checkpoint, map_location="cpu", weights_only=False)["epoch"]) + 1
+    except Exception:  # unreadable: the command still names the file, and resuming it explains the problem
+        epochs = "<the epochs it completed>"
+    command = (f"uv run python main.py --config {run_dir / 'config.yaml'} --ckpt_path {checkpoint} "
+               f"--trainer.max_epochs {epochs}")
+    return command + (f" --run_name {run_name}-retest" if run_name else "")
