@@ -58,8 +58,12 @@ class DivergenceGuard(L.Callback):
     def check(self, trainer: L.Trainer) -> None:
         if self._first_bad_step is None:
             return
-        step = int(trainer.strategy.reduce(self._first_bad_step, reduce_op="max"))  # any rank's divergence
-        if step < 0:
+        # The earliest first-bad step over ranks (a rank that stayed finite counts as never): the step that
+        # broke one rank breaks the others one step later, through the averaged gradients.
+        never = torch.iinfo(self._first_bad_step.dtype).max
+        first_bad = torch.where(self._first_bad_step < 0, never, self._first_bad_step)
+        step = int(trainer.strategy.reduce(first_bad, reduce_op="min"))
+        if step == never:
             self._learning_rates = {k: v for k, v in self._learning_rates.items() if k >= trainer.global_step}
             return
         lr = self._learning_rates.get(step)
