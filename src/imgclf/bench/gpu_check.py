@@ -87,6 +87,13 @@ def prepare(carry: Path) -> None:
     print(f"{carry}: {size / 2**20:.1f} MiB (Fashion-MNIST from {source}; {', '.join(CARRIED_PACKAGES)})")
 
 
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # an import hook that refuses it
+        return False
+
+
 def preflight(out: Path, data: Path | None, carry: Path, smoke: bool) -> tuple[Path, list[str]]:
     """The data folder and import path the stages use, or Refusal: seconds, before any stage."""
     try:
@@ -106,7 +113,7 @@ def preflight(out: Path, data: Path | None, carry: Path, smoke: bool) -> tuple[P
         paths.append(str(carry / "site"))
     sys.path[:0] = paths
     modules = ("jsonargparse", "docstring_parser", "typeshed_client")
-    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    missing = [m for m in modules if not importable(m)]
     if missing:
         raise Refusal(f"{', '.join(missing)} cannot be imported (main.py's LightningCLI needs them): run `uv run "
                       f"python -m imgclf.bench.gpu_check --prepare` and carry .carry.")
