@@ -4,6 +4,7 @@ its budget, and runs every stage end to end in its CPU smoke mode, leaving one J
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,11 +16,19 @@ from conftest import REPO
 from imgclf.bench.gpu_check import CARRY_LIMIT, fashion_mnist_in, prepare
 
 
-def gpu_check(*args: str, timeout: float = 1500) -> tuple[subprocess.CompletedProcess, float]:
+def gpu_check(*args: str, timeout: float = 1500, env: dict | None = None) -> tuple[subprocess.CompletedProcess,
+                                                                                  float]:
     start = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "imgclf.bench.gpu_check", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, env=env)
     return done, time.monotonic() - start
+
+
+def carried_only(carry: Path) -> dict[str, str]:
+    """The environment of a machine that has jsonargparse & co. only where `carry` brings them."""
+    hook = str(Path(__file__).parent / "carried_only")
+    return {**os.environ, "CARRIED_ONLY": str(carry),
+            "PYTHONPATH": os.pathsep.join([hook, os.environ.get("PYTHONPATH", "")])}
 
 
 def test_missing_data_is_one_message_within_seconds_and_no_download(tmp_path: Path) -> None:
@@ -59,8 +68,12 @@ def test_a_spent_budget_stops_stages_and_keeps_the_json(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    done, _ = gpu_check("--smoke", "--budget-s", "1400", "--out", str(out), "--work", str(tmp_path / "work"))
+    """As on the GPU machine: jsonargparse & co. import only from the carried folder (tests/carried_only)."""
+    out, carry = tmp_path / "out", tmp_path / "carry"
+    prepare(carry)
+    env = carried_only(carry)
+    done, _ = gpu_check("--smoke", "--budget-s", "1400", "--carry", str(carry), "--out", str(out),
+                        "--work", str(tmp_path / "work"), env=env)
     results = json.loads((out / "gpu_check.json").read_text())
     stages = results["stages"]
     assert done.returncode == 0, json.dumps(stages, indent=1)[:3000] + (out / "gpu_check.log").read_text()[-3000:]
@@ -73,3 +86,12 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert ddp["world_size"] == 2 and ddp["whitening_equal"] and len(ddp["ranks"]) == 2
     assert stages["saved_weights"]["result"]["precision"] == "32-true"  # the run's own, on both sides
     assert stages["plain"]["result"]["metrics"]["test/acc"] > 0.1
+    assert results["data"] == str(carry / "fashion_mnist")
+
+
+def test_without_the_carried_packages_it_refuses_before_any_stage(tmp_path: Path) -> None:
+    env = carried_only(tmp_path / "carry")
+    done, seconds = gpu_check("--smoke", "--carry", str(tmp_path / "carry"), "--out", str(tmp_path / "out"),
+                              env=env)
+    assert done.returncode == 2 and done.stderr.startswith("error: jsonargparse"), done.stderr
+    assert "--prepare" in done.stderr and seconds < 15
