@@ -35,13 +35,13 @@ class Recorder(L.Callback):
 
 
 def test_average_is_the_ema_of_the_chosen_steps_on_the_module_device(tmp_path):
-    ema = EMAWeightAveraging(decay=0.5, every_n_steps=2, start_step=1)
-    assert [ema.should_update(step_idx=s) for s in range(5)] == [False, False, True, False, True]
-    assert not ema.should_update(epoch_idx=0)
+    ema = EMAWeightAveraging(decay=0.5, every_n_steps=2, start_epoch=1 / 64)  # BoringModel: 64 steps an epoch
     recorder = Recorder(ema)
     model = BoringModel()
     trainer = quiet_trainer(max_steps=6, limit_val_batches=0, callbacks=[recorder, ema], default_root_dir=tmp_path)
     trainer.fit(model)
+    assert [ema.should_update(step_idx=s) for s in range(5)] == [False, False, True, False, True]
+    assert not ema.should_update(epoch_idx=0)
     average = recorder.average
     assert ema._average_model is None  # a later validate() cannot swap a stale average in
     assert average.device == model.device
@@ -52,8 +52,8 @@ def test_average_is_the_ema_of_the_chosen_steps_on_the_module_device(tmp_path):
     assert torch.allclose(model.layer.weight, expected, atol=1e-6)  # fit ends with the averaged weights
 
 
-def test_a_run_shorter_than_start_step_keeps_its_trained_weights(tmp_path):
-    ema = EMAWeightAveraging(decay=0.5, start_step=100)  # never reached in 4 steps
+def test_a_run_shorter_than_start_epoch_keeps_its_trained_weights(tmp_path):
+    ema = EMAWeightAveraging(decay=0.5, start_epoch=1)  # never reached in 4 of 64 steps
     recorder = Recorder(ema)
     model = BoringModel()
     initial = model.layer.weight.detach().clone()

@@ -69,6 +69,17 @@ def with_timeout(strategy: object, timeout: timedelta) -> object:
     return entry["strategy"](**{**entry["init_params"], "timeout": timeout})
 
 
+def timeout_when_chosen_automatically(trainer: L.Trainer, requested: object, timeout: timedelta) -> None:
+    """Give `timeout` to the strategy that Lightning picked for `strategy="auto"` (DDP when devices > 1).
+
+    with_timeout sees only the name "auto" before the Trainer resolves it. DDPStrategy (and FSDP) read their
+    `_timeout` when the process group starts, in fit, so setting it on the built Trainer still takes effect;
+    Lightning offers no public setter.
+    """
+    if requested == "auto" and hasattr(trainer.strategy, "_timeout"):
+        trainer.strategy._timeout = timeout
+
+
 def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
     """The batch each of `world_size` processes takes so that together they step on `global_batch_size`."""
     per_device, remainder = divmod(global_batch_size, world_size)

@@ -1,217 +1,223 @@
-"""The GPU recipes' check, in one run on a machine with one NVIDIA GPU (under 8 minutes on an H100/H200):
+"""The GPU check: everything a first run on a lent GPU machine should measure, in one command that cannot
+waste the run. Stages (each its own process with a time limit, the whole within --budget-s):
 
-1. check_env.py --require-gpu;
-2. host syncs over 30 training steps of fast_fashion_mnist.yaml (torch.cuda.set_sync_debug_mode("warn")), and
-   training steps/s;
-3. fast_fashion_mnist.yaml for 3 seeds: training seconds to 94% test accuracy and the final accuracy;
-4. main.py with fast_fashion_mnist.yaml: plain, with --model.compile true (TORCH_LOGS=recompiles), and with
-   --trainer.strategy ddp on the one GPU; their test accuracies compared;
-5. the plain run's metrics.json against a separate evaluation of its best.ckpt;
-6. export.py + verify_onnx.py on that checkpoint.
+    env            check_env.py --require-gpu
+    syncs          host syncs per training step (torch.cuda.set_sync_debug_mode) and steps/s
+    plain          main.py with configs/fast_fashion_mnist.yaml
+    saved_weights  its metrics.json against a separate test of best.ckpt, both at the run's precision (bf16)
+    onnx           export.py + verify_onnx.py on that checkpoint
+    ddp_2ranks     two ranks on the one GPU (gloo on CUDA): the multi-rank code runs; whitening equal on both
+    seeds          3 seeds: training seconds to 94% test accuracy
+    compile        main.py with --model.compile true (recompilations counted)
 
-    PYTHONPATH=src python3 -m imgclf.bench.gpu_check --out gpu_check/        # on the GPU machine
-    uv run python -m imgclf.bench.gpu_check --smoke --out /tmp/gpu_check  # anywhere: every step, cut down, on CPU
+Before any stage it checks the data and what it imports (missing: one `error:` line, no download). After every
+stage it rewrites <out>/gpu_check.json (atomically); <out> holds that and gpu_check.log, nothing else.
 
-The GPU machine has torch, lightning, torchvision, torchmetrics, onnx and onnxruntime but neither jsonargparse
-(LightningCLI) nor dvc: put the wheels of jsonargparse, docstring-parser and typeshed-client in .whl/ (pip
-download --no-deps -d .whl jsonargparse docstring-parser typeshed-client, versions from uv.lock); this script
-installs them into .whl/site without the network. Without dvclive, runs log to CSV only.
-Multi-GPU DDP is not checked here: the machine has one GPU.
+    uv run python -m imgclf.bench.gpu_check --prepare      # here: fill .carry/gpu_check (about 35 MB)
+    PYTHONPATH=src python3 -m imgclf.bench.gpu_check      # there, with .carry carried (docs/distributed.md)
+    uv run python -m imgclf.bench.gpu_check --smoke --out /tmp/gpu_check   # anywhere: every stage, cut down, CPU
+
+The GPU machine has torch, lightning, torchvision, torchmetrics, onnx and onnxruntime, but neither jsonargparse
+(LightningCLI) nor dvc: --prepare copies the installed jsonargparse, docstring-parser and typeshed-client (pure
+Python) into .carry/gpu_check/site, which the stages import. CIFAR-10 is not checked: its archive (163 MB) is
+over the 64 MiB carry limit and the machine has no network.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
-import warnings
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]  # the checkout
-CARRIED_SITE = REPO / ".whl" / "site"  # where the carried wheels are installed
+REPO = Path(__file__).resolve().parents[3]  # the checkout (this module imports nothing of imgclf: fast start)
+CARRY = REPO / ".carry" / "gpu_check"  # git-ignored; the device tool's `carry` takes .carry
+CARRY_LIMIT = 64 * 2**20
+CARRIED_PACKAGES = ("jsonargparse", "docstring-parser", "typeshed-client")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+FASHION_MNIST = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte")
+# Seconds per stage, in the order they run: what later stages need, and the cheap figures, come first.
+STAGE_LIMITS = {"env": 60, "syncs": 90, "plain": 90, "saved_weights": 60, "onnx": 90, "ddp_2ranks": 120,
+                "seeds": 200, "compile": 180}
+SMOKE_SKIPS = {"compile": "inductor compiles for minutes on a CPU: GPU runs only"}
+CIFAR10 = "not checked: the archive (163 MB) is over the 64 MiB carry limit and the GPU machine has no network"
+TAIL = 6000  # characters of each stage's output kept in gpu_check.log
 
 
-def import_paths() -> list[str]:
-    """src/ and, where jsonargparse is missing, the carried wheels, installed into CARRIED_SITE."""
-    if importlib.util.find_spec("jsonargparse") is not None:
-        return [str(REPO / "src")]
-    wheels = sorted((REPO / ".whl").glob("*.whl"))
-    if not wheels:
-        sys.exit("error: jsonargparse is not installed and .whl/ holds no wheels: see this script's docstring.")
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--target",
-                    str(CARRIED_SITE), *map(str, wheels)], check=True)
-    return [str(REPO / "src"), str(CARRIED_SITE)]
+class Refusal(Exception):
+    """A prerequisite is missing: nothing ran."""
 
 
-# Before the imports below: the benchmark builds its runs with main.py's parser (LightningCLI), and Lightning
-# looks for jsonargparse once, when lightning.pytorch.cli is first imported.
-IMPORT_PATHS = import_paths()
-sys.path[:0] = IMPORT_PATHS
-
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-
-from imgclf.bench.overhead import lightning_step_seconds  # noqa: E402
-from imgclf.bench.pipeline import build, run_pipeline  # noqa: E402
-from imgclf.data.datamodule import ImageDataModule  # noqa: E402
-from imgclf.model.classifier import ImageClassifier  # noqa: E402
-
-CONFIG = REPO / "configs" / "fast_fashion_mnist.yaml"
-SEEDS = (0, 1, 2)
-TARGET = 0.94
-SMOKE_TEST_BATCHES = 2
-# --smoke: every step on the CPU with the narrow network and a few batches, to check the script itself.
-SMOKE_MAIN_ARGS = ["--trainer.accelerator", "cpu", "--trainer.precision", "32-true", "--trainer.benchmark", "false",
-                   "--model.network", "airbench_small", "--model.channels_last", "false",
-                   "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1",
-                   "--trainer.limit_train_batches", "4", "--trainer.limit_val_batches", "1",
-                   "--trainer.limit_test_batches", str(SMOKE_TEST_BATCHES)]
+def fashion_mnist_in(folder: Path) -> bool:
+    """The four idx files, gzipped or not, where imgclf's reader looks (the folder, raw/, FashionMNIST/raw/)."""
+    places = (folder, folder / "raw", folder / "FashionMNIST" / "raw")
+    return all(any((p / n).is_file() or (p / f"{n}.gz").is_file() for p in places) for n in FASHION_MNIST)
 
 
-def recipe_args(smoke: bool) -> list[str]:
-    """main.py's arguments for the checked recipe (cut down with --smoke), for main.py and the benchmark alike."""
-    return ["--config", str(CONFIG), *(SMOKE_MAIN_ARGS if smoke else [])]
+def prepare(carry: Path) -> None:
+    """Copy Fashion-MNIST and the packages the GPU machine lacks into `carry`, within the carry limit."""
+    source = next((p for p in (REPO / "data" / "fashion_mnist", DEBIAN_FASHION_MNIST) if fashion_mnist_in(p)), None)
+    if source is None:
+        raise Refusal(f"Fashion-MNIST is not here either (data/fashion_mnist, {DEBIAN_FASHION_MNIST}): "
+                      f"`uv run dvc pull data/fashion_mnist` or `apt-get install dataset-fashion-mnist` first.")
+    shutil.rmtree(carry, ignore_errors=True)
+    (carry / "fashion_mnist").mkdir(parents=True)
+    for name in FASHION_MNIST:
+        found = next(p for p in source.rglob(f"{name}*") if p.name in (name, f"{name}.gz"))
+        shutil.copy2(found, carry / "fashion_mnist" / found.name)
+    for package in CARRIED_PACKAGES:  # pure Python: the installed files are the package, dist-info included
+        dist = importlib.metadata.distribution(package)
+        for file in dist.files or []:
+            if "__pycache__" not in file.parts and not str(file).startswith(".."):
+                target = carry / "site" / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(dist.locate_file(file), target)
+    size = sum(p.stat().st_size for p in carry.rglob("*") if p.is_file())
+    if size > CARRY_LIMIT:
+        raise Refusal(f"{carry} holds {size / 2**20:.1f} MiB, over the carry limit of 64 MiB.")
+    print(f"{carry}: {size / 2**20:.1f} MiB (Fashion-MNIST from {source}; {', '.join(CARRIED_PACKAGES)})")
 
 
-def python_env() -> dict[str, str]:
-    """This interpreter's environment, with this process's import paths for the scripts it runs."""
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([*IMPORT_PATHS, os.environ.get("PYTHONPATH", "")])}
+def importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # an import hook that refuses it
+        return False
 
 
-def run(args: list[str], env: dict[str, str], log: Path) -> subprocess.CompletedProcess:
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True)
-    log.write_text(done.stdout + "\n--- stderr ---\n" + done.stderr)
-    print(f"  {' '.join(args[:3])} ... -> exit {done.returncode} in {time.perf_counter() - start:.0f} s ({log.name})")
-    return done
+def preflight(out: Path, data: Path | None, carry: Path, smoke: bool) -> tuple[Path, list[str]]:
+    """The data folder and import path the stages use, or Refusal: seconds, before any stage."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / ".writable").touch()
+        (out / ".writable").unlink()
+    except OSError as e:
+        raise Refusal(f"cannot write to the output folder {out}: {e}") from e
+    candidates = [data] if data else [carry / "fashion_mnist", REPO / "data" / "fashion_mnist", DEBIAN_FASHION_MNIST]
+    found = next((p for p in candidates if fashion_mnist_in(p)), None)
+    if found is None:
+        raise Refusal(f"Fashion-MNIST is not in {', '.join(map(str, candidates))}. Nothing ran and nothing was "
+                      f"downloaded (the GPU machine has no network). On a machine with the data run `uv run "
+                      f"python -m imgclf.bench.gpu_check --prepare` and carry .carry (or pass --data FOLDER).")
+    paths = [str(REPO / "src")]
+    if (carry / "site").is_dir():
+        paths.append(str(carry / "site"))
+    sys.path[:0] = paths
+    modules = ("jsonargparse", "docstring_parser", "typeshed_client")
+    missing = [m for m in modules if not importable(m)]
+    if missing:
+        raise Refusal(f"{', '.join(missing)} cannot be imported (main.py's LightningCLI needs them): run `uv run "
+                      f"python -m imgclf.bench.gpu_check --prepare` and carry .carry.")
+    if not smoke:
+        import torch  # here, not at the top: the data check above must answer within seconds
+
+        if not torch.cuda.is_available():
+            raise Refusal("no usable CUDA GPU (torch.cuda.is_available() is False); --smoke runs on a CPU.")
+    return found, paths
 
 
-class SyncCounter(L.Callback):
-    """Turns CUDA's sync debug mode on for the steps after `warmup`: each implicit host sync warns once."""
-
-    def __init__(self, warmup: int) -> None:
-        self.warmup = warmup
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        if trainer.global_step == self.warmup:
-            torch.cuda.set_sync_debug_mode("warn")
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        torch.cuda.set_sync_debug_mode(0)
+def write_atomically(path: Path, results: dict) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    partial.replace(path)
 
 
-def host_syncs(main_args: list[str], warmup: int = 5, steps: int = 30) -> dict:
-    trainer_config, model, data, callbacks = build(main_args, None, None, max_epochs=None,
-                                                   max_steps=warmup + steps, limit_val_batches=0)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        L.Trainer(**trainer_config, callbacks=[*callbacks, SyncCounter(warmup)]).fit(model, datamodule=data)
-    syncs = [w for w in caught if "synchronizing" in str(w.message)]
-    places: dict[str, int] = {}
-    for w in syncs:
-        place = f"{w.filename}:{w.lineno}"
-        places[place] = places.get(place, 0) + 1
-    step_seconds = lightning_step_seconds(main_args, None, warmup, steps, None)
-    return {"steps": steps, "host_syncs": len(syncs), "per_step": len(syncs) / steps,
-            "where": dict(sorted(places.items(), key=lambda kv: -kv[1])[:10]), "steps_per_second": 1 / step_seconds}
+def run_stage(name: str, limit: float, work: Path, data: Path, smoke: bool, env: dict[str, str]) -> dict:
+    """One stage in its own process group, killed whole (a second DDP rank too) after `limit` seconds."""
+    command = [sys.executable, "-m", "imgclf.bench.gpu_stages", name, "--work", str(work), "--data", str(data),
+               *(["--smoke"] if smoke else [])]
+    start = time.monotonic()
+    with (work / f"{name}.out").open("w") as output:
+        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            code: int | None = proc.wait(timeout=limit)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    seconds = round(time.monotonic() - start, 1)
+    result_file = work / f"{name}.json"
+    result = json.loads(result_file.read_text()) if code == 0 and result_file.is_file() else None
+    status = "timeout" if code is None else "ok" if result is not None else "failed"
+    if status == "ok" and result.get("passed") is False:
+        status = "check failed"
+    return {"status": status, "seconds": seconds, "limit_s": round(limit), "exit": code, "result": result}
 
 
-def seeds_to_target(main_args: list[str], seeds: tuple[int, ...], budget_seconds: float) -> list[dict]:
-    rows = []
-    for seed in seeds:
-        curve = run_pipeline([*main_args, "--seed_everything", str(seed)], None, budget_seconds, stop_at=1.01,
-                             evals_per_epoch=1)
-        final = curve.points[-1] if curve.points else None
-        rows.append({"seed": seed, "seconds_to_target": curve.time_to(TARGET),
-                     "final_test_acc": final.test_accuracy if final else None,
-                     "train_seconds": final.train_seconds if final else None})
-    return rows
+def append_log(log: Path, name: str, work: Path, outcome: dict) -> None:
+    with log.open("a") as out:
+        out.write(f"\n===== {name}: {outcome['status']} in {outcome['seconds']} s (limit {outcome['limit_s']} s)\n")
+        for part in (work / f"{name}.out", work / f"{name}.log"):
+            if part.is_file():
+                out.write(f"--- {part.name} (last {TAIL} characters)\n{part.read_text(errors='replace')[-TAIL:]}\n")
 
 
-def evaluate_checkpoint(ckpt: Path, accelerator: str, limit_test_batches: int | None) -> dict[str, float]:
-    """Test metrics of the weights in `ckpt`, in a Trainer of its own with no callbacks."""
-    model = ImageClassifier.load_from_checkpoint(ckpt, map_location="cpu")
-    data = ImageDataModule.load_from_checkpoint(ckpt, map_location="cpu")
-    trainer = L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_test_batches=limit_test_batches)
-    return {k: float(v) for k, v in trainer.test(model, datamodule=data, verbose=False)[0].items()}
-
-
-def main_runs(env: dict[str, str], out: Path, smoke: bool) -> dict:
-    base = ["main.py", *recipe_args(smoke), "--runs_dir", str(out / "runs")]
-    variants = {"plain": [], "ddp_1gpu": ["--trainer.strategy", "ddp"]}
-    if not smoke:  # inductor on a CPU compiles for minutes: the smoke run leaves it out
-        variants["compile"] = ["--model.compile", "true"]
-    results = {}
-    for name, extra in variants.items():
-        run_env = {**env, "TORCH_LOGS": "recompiles"} if name == "compile" else env
-        done = run([*base, "--run_name", name, *extra], run_env, out / f"main_{name}.log")
-        metrics_file = out / "runs" / name / "metrics.json"
-        results[name] = {"exit": done.returncode,
-                         "metrics": json.loads(metrics_file.read_text()) if metrics_file.is_file() else None}
-        if name == "compile":
-            results[name]["recompiles"] = done.stderr.count("Recompiling")
-    plain = results["plain"]["metrics"]
-    for name in results:
-        if name != "plain" and plain and results[name]["metrics"]:
-            results[name]["test_acc_minus_plain"] = results[name]["metrics"]["test/acc"] - plain["test/acc"]
-    return results
-
-
-def saved_weights_check(out: Path, smoke: bool) -> dict:
-    run_dir = out / "runs" / "plain"
-    written = json.loads((run_dir / "metrics.json").read_text())
-    # the same test images as the run: all of them, or the smoke run's first batches
-    separate = evaluate_checkpoint(run_dir / "best.ckpt", "cpu" if smoke else "gpu",
-                                   SMOKE_TEST_BATCHES if smoke else None)
-    diffs = {k: abs(written[k] - separate[k]) for k in ("test/acc", "test/loss")}
-    return {"metrics_json": written, "separate_evaluation": separate, "abs_diff": diffs,
-            "passed": diffs["test/acc"] <= 1e-4 and diffs["test/loss"] <= 1e-3}
-
-
-def export_and_verify(env: dict[str, str], out: Path) -> dict:
-    ckpt, onnx_file, report = out / "runs/plain/best.ckpt", out / "model.onnx", out / "onnx_report.json"
-    exported = run(["export.py", "--ckpt", str(ckpt), "--output", str(onnx_file)], env, out / "export.log")
-    verified = run(["verify_onnx.py", "--model", str(onnx_file), "--ckpt", str(ckpt), "--report", str(report)],
-                   env, out / "verify.log")
-    return {"export_exit": exported.returncode, "verify_exit": verified.returncode,
-            "report": json.loads(report.read_text()) if report.is_file() else None}
-
-
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu_check")))
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "runs/gpu_check")),
+                        help="gets gpu_check.json and gpu_check.log only (default: $OUT, else runs/gpu_check)")
+    parser.add_argument("--work", type=Path, help="runs, checkpoints, ONNX files (default: a new temporary folder)")
+    parser.add_argument("--data", type=Path, help="Fashion-MNIST folder (default: .carry/gpu_check/fashion_mnist, "
+                        "data/fashion_mnist, Debian's)")
+    parser.add_argument("--carry", type=Path, default=CARRY, help="the carried folder (default: %(default)s)")
+    parser.add_argument("--budget-s", type=float, default=540, help="all stages together (default: 9 minutes)")
+    parser.add_argument("--stages", default=",".join(STAGE_LIMITS), help="comma-separated subset, in this order")
     parser.add_argument("--smoke", action="store_true", help="CPU, narrow network, a few batches: checks the script")
-    args = parser.parse_args()
-    out = args.out.resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    env = python_env()
-    main_args = recipe_args(args.smoke)
-    results: dict = {"smoke": args.smoke, "torch": torch.__version__,
-                     "device": "cpu" if args.smoke else torch.cuda.get_device_name()}
-    print("1. check_env.py")
-    done = run(["check_env.py", *([] if args.smoke else ["--require-gpu"])], env, out / "check_env.log")
-    results["check_env_exit"] = done.returncode
-    if not args.smoke:
-        print("2. host syncs and steps/s")
-        results["host_syncs"] = host_syncs(main_args)
-    print("3. seeds to 94%")
-    results["seeds"] = seeds_to_target(main_args, SEEDS[:2] if args.smoke else SEEDS, budget_seconds=120)
-    print("4. main.py: plain, compile, ddp")
-    results["main"] = main_runs(env, out, args.smoke)
-    print("5. metrics.json vs best.ckpt")
-    results["saved_weights"] = saved_weights_check(out, args.smoke)
-    print("6. export + verify")
-    results["onnx"] = export_and_verify(env, out)
-    results["note"] = "Multi-GPU DDP is unverified on hardware: this machine has one GPU."
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if k != "onnx"}, indent=2, default=str)[:6000])
-    print(f"onnx: export exit {results['onnx']['export_exit']}, verify exit {results['onnx']['verify_exit']}")
+    parser.add_argument("--prepare", action="store_true", help="fill the carried folder here, then stop")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    try:
+        if args.prepare:
+            prepare(args.carry.resolve())
+            return 0
+        out = args.out.resolve()
+        stages = [s for s in STAGE_LIMITS if s in args.stages.split(",")]
+        results: dict = {"smoke": args.smoke, "budget_s": args.budget_s, "cifar10": CIFAR10, "stages": {}}
+        data, paths = preflight(out, args.data and args.data.resolve(), args.carry.resolve(), args.smoke)
+    except Refusal as e:
+        print(f"error: {e}", file=sys.stderr)
+        if not args.prepare and args.out.resolve().is_dir():
+            write_atomically(args.out.resolve() / "gpu_check.json", {"refused": str(e)})
+        return 2
+    work = (args.work or Path(tempfile.mkdtemp(prefix="gpu_check_"))).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    results.update(data=str(data), work=str(work))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])}
+    json_file, log = out / "gpu_check.json", out / "gpu_check.log"
+    log.write_text(f"gpu_check: stages {', '.join(stages)}; budget {args.budget_s:g} s; work folder {work}\n")
+    write_atomically(json_file, results)
+    for name in stages:
+        remaining = args.budget_s - (time.monotonic() - start)
+        if args.smoke and name in SMOKE_SKIPS:
+            outcome = {"status": "skipped", "reason": SMOKE_SKIPS[name]}
+        elif remaining < 5:
+            outcome = {"status": "skipped", "reason": f"the budget of {args.budget_s:g} s is spent"}
+        else:
+            limit = STAGE_LIMITS[name] * (3 if args.smoke else 1)  # a shared CPU is slower than any GPU
+            outcome = run_stage(name, min(limit, remaining), work, data, args.smoke, env)
+            append_log(log, name, work, outcome)
+        results["stages"][name] = outcome
+        write_atomically(json_file, results)
+        print(f"{name}: {outcome['status']}" + (f" in {outcome['seconds']} s" if "seconds" in outcome else ""),
+              flush=True)
+    results["seconds"] = round(time.monotonic() - start, 1)
+    write_atomically(json_file, results)
+    print(f"{json_file} ({results['seconds']} s); runs and exports in {work}")
+    return 0 if all(o["status"] in ("ok", "skipped") for o in results["stages"].values()) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

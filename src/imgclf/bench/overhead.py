@@ -87,7 +87,8 @@ def measure_overhead(main_args: list[str], data_root: Path | None, warmup: int, 
                      limit: tuple[int, int] | None = None) -> dict:
     """Per-step seconds of both loops (the best of `repeats` interleaved runs: load from other processes
     only ever adds time), their ratio and the training throughput (images/s)."""
-    batch = load(overrides=main_args, build=[]).config.data.batch_size
+    data = load(overrides=main_args, build=[]).config.data
+    batch = data.batch_size or data.global_batch_size  # one process: the same
     plain = lightning = float("inf")
     for _ in range(repeats):
         plain = min(plain, plain_step_seconds(main_args, data_root, warmup, steps, limit))

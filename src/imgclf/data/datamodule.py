@@ -30,10 +30,12 @@ class ImageDataModule(L.LightningDataModule):
             stanford_cars, folder (image files, decoded in DataLoader workers); see data/catalog.py.
         root: folder holding the dataset's files; default data/<dataset> (Fashion-MNIST also looks in
             /usr/share/datasets/fashion-mnist, where Debian's dataset-fashion-mnist puts it).
-        batch_size: training batch size per device (under DDP the global batch is this times the devices).
-        global_batch_size: training batch size summed over all devices and nodes; when set, it replaces
-            batch_size, which becomes global_batch_size / world size (it must divide evenly), so the
-            optimization does not change when the device count does.
+        global_batch_size: training batch size summed over all devices and nodes (what the configs state,
+            with the learning rate tuned for it): each process takes global_batch_size / world size (it must
+            divide evenly), so the optimization does not change when the device count does.
+        batch_size: training batch size per device instead (the global batch is then this times the
+            devices); when given, it wins over global_batch_size (e.g. `--data.batch_size 8` on the command
+            line with a config that states a global batch). Without either: 64 per device.
         eval_batch_size: validation/test batch size per device.
         val_fraction: share of the official training set held out for validation.
         split_seed: seed of the train/val split (kept apart from the training seed on purpose).
@@ -59,7 +61,7 @@ class ImageDataModule(L.LightningDataModule):
         self,
         dataset: str = "digits",
         root: str | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         global_batch_size: int | None = None,
         eval_batch_size: int = 1024,
         val_fraction: float = 0.1,
@@ -81,12 +83,18 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.spec = get_dataset(dataset)
-        if batch_size < 2:
-            raise UserError(f"--data.batch_size must be >= 2 (BatchNorm needs two images), got {batch_size}.")
+        if batch_size is not None:  # a per-device batch named explicitly is the more specific setting
+            global_batch_size = None
+        elif global_batch_size is None:
+            batch_size = 64
+        for name, size in (("batch_size", batch_size), ("global_batch_size", global_batch_size)):
+            if size is not None and size < 2:
+                raise UserError(f"--data.{name} must be >= 2 (BatchNorm needs two images), got {size}.")
         if eval_batch_size < 1:  # evaluation uses BatchNorm's running statistics: one image is enough
             raise UserError(f"--data.eval_batch_size must be >= 1, got {eval_batch_size}.")
         self.root = self.spec.locate(root, data_dir)
-        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        # Until setup() knows the world size, the global batch is the one process's batch.
+        self.batch_size, self.eval_batch_size = batch_size or global_batch_size, eval_batch_size
         self.val_fraction, self.split_seed, self.augment = val_fraction, split_seed, augment
         self.global_batch_size = global_batch_size
         self.shuffle_seed = 0

@@ -97,7 +97,8 @@ class ImageClassifier(L.LightningModule):
         # Training metrics skip their per-step input checks (torch.unique, isnan(...).any()): each reads a value
         # back from the GPU, which stops the CPU from queueing the next steps. Evaluation keeps them.
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", validate_args=False)
-        # Epoch losses as metrics: summed over all images of all ranks, not a mean of per-rank means.
+        # Epoch losses as metrics: summed over all images of all ranks, not a mean of per-rank means. The
+        # training one skips its NaN check (a host read per step; DivergenceGuard watches the loss instead).
         self.train_loss, self.val_loss, self.test_loss = MeanMetric(nan_strategy="disable"), MeanMetric(), MeanMetric()
         self.val_metrics = classification_metrics(num_classes, "val/")
         self.test_metrics = classification_metrics(num_classes, "test/")
@@ -135,9 +136,11 @@ class ImageClassifier(L.LightningModule):
                                 f"training images, which it asks the DataModule for: fit it with "
                                 f"datamodule=..., not with bare dataloaders.")
             images, _ = next(iter(self.trainer.datamodule.train_dataloader()))
-            # Under DDP each rank draws another shard; rank 0's batch keeps the frozen layer equal everywhere.
-            images = broadcast_to_device(self.trainer.strategy, images, self.device)
             self.net.init_whitening(self.normalize(images))
+            # Under DDP each rank drew another shard, and eigh need not agree bit for bit across GPUs: rank 0's
+            # filters go to every rank. DDP cannot do it: the layer is frozen, so no gradient sync touches it.
+            whiten = self.net.whiten.weight
+            whiten.copy_(broadcast_to_device(self.trainer.strategy, whiten.detach(), self.device))
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, labels, label_smoothing=self.hparams.label_smoothing)
@@ -147,7 +150,9 @@ class ImageClassifier(L.LightningModule):
         logits = self(images)
         loss = self._loss(logits, labels)
         self.train_acc(logits, labels)
-        self.train_loss.update(loss.detach(), weight=len(labels))
+        # The batch mean once per image: weighted by the batch size without a weight argument, which torchmetrics
+        # would copy from the host every step (a sync), and which nan_strategy="disable" replaces by ones anyway.
+        self.train_loss.update(loss.detach().expand(len(labels)))
         self.log("train/loss_step", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(labels))
         self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(labels))

@@ -29,8 +29,9 @@ class DivergenceGuard(L.Callback):
     In a single CPU process reading it costs nothing and happens every step.
     """
 
-    def __init__(self, check_every_n_steps: int = 50) -> None:
+    def __init__(self, check_every_n_steps: int = 50, read_every_step_on_cpu: bool = True) -> None:
         self.check_every_n_steps = check_every_n_steps
+        self.read_every_step_on_cpu = read_every_step_on_cpu  # False: as on an accelerator (tests of host reads)
         self._first_bad_step: torch.Tensor | None = None  # on the device; -1 while every loss is finite
         self._learning_rates: dict[int, float] = {}  # by step, since the last check
 
@@ -49,7 +50,8 @@ class DivergenceGuard(L.Callback):
         step = trainer.global_step - 1  # the optimizer step this loss was computed for has been taken
         bad_here = ~torch.isfinite(loss.detach())
         self._first_bad_step = torch.where(bad_here & (self._first_bad_step < 0), step, self._first_bad_step)
-        free_to_read = pl_module.device.type == "cpu" and trainer.world_size == 1  # no device wait, no collective
+        free_to_read = (self.read_every_step_on_cpu and pl_module.device.type == "cpu"
+                        and trainer.world_size == 1)  # no device wait, no collective
         if free_to_read or trainer.global_step % self.check_every_n_steps == 0:
             self.check(trainer)
 
@@ -83,8 +85,12 @@ class DivergenceGuard(L.Callback):
     def check(self, trainer: L.Trainer) -> None:
         if self._first_bad_step is None:
             return
-        step = int(trainer.strategy.reduce(self._first_bad_step, reduce_op="max"))  # any rank's divergence
-        if step < 0:
+        # The earliest first-bad step over ranks (a rank that stayed finite counts as never): the step that
+        # broke one rank breaks the others one step later, through the averaged gradients.
+        never = torch.iinfo(self._first_bad_step.dtype).max
+        first_bad = torch.where(self._first_bad_step < 0, never, self._first_bad_step)
+        step = int(trainer.strategy.reduce(first_bad, reduce_op="min"))
+        if step == never:
             self._learning_rates = {k: v for k, v in self._learning_rates.items() if k >= trainer.global_step}
             return
         lr = self._learning_rates.get(step)

@@ -15,7 +15,7 @@ from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from imgclf.atomic import is_storage_failure, storage_error
-from imgclf.distributed import check_trainer, with_timeout
+from imgclf.distributed import check_trainer, timeout_when_chosen_automatically, with_timeout
 from imgclf.errors import UserError
 from imgclf.train.artifacts import RunArtifacts
 from imgclf.train.checkpoints import AtomicCheckpointIO, check_max_epochs, check_resumable
@@ -112,12 +112,14 @@ class ImageClassificationCLI(ConfigCLI):
         configured = trainer_config.callbacks or []  # --trainer.callbacks: passing callbacks= replaces them
         configured = configured if isinstance(configured, list) else [configured]
         guard = DivergenceGuard(check_every_n_steps=trainer_config.log_every_n_steps or 50)
-        strategy = with_timeout(trainer_config.strategy, timedelta(seconds=self.config.ddp_timeout_s))
+        timeout = timedelta(seconds=self.config.ddp_timeout_s)
+        strategy = with_timeout(trainer_config.strategy, timeout)
         trainer = super().instantiate_trainer(
             callbacks=[*configured, guard, self.checkpoint, self.last_checkpoint, self.artifacts,
                        DVCLiveConfusionMatrix()],
             plugins=with_atomic_checkpoints(trainer_config.plugins), strategy=strategy, **kwargs,
         )
+        timeout_when_chosen_automatically(trainer, trainer_config.strategy, timeout)
         check_trainer(trainer, trainer_config.sync_batchnorm, self.datamodule.global_batch_size)
         return trainer
 
