@@ -35,7 +35,8 @@ def train_counting(config: str, raise_on_read: bool, *extra: str) -> HostReadCou
 def test_no_host_read_inside_a_training_step(config: str) -> None:
     if config == "fast_fashion_mnist.yaml":  # the GPU recipe (Lookahead every 5 steps), on digits
         # 8x8 digits need the ceil-mode layout (airbench94 floor-pools them to nothing); the step is the same
-        extra = ["--data.dataset", "digits", "--model.network", "airbench_small", "--model.network_args", "{layout: ceil}"]
+        extra = ["--data.dataset", "digits", "--model.network", "airbench_small",
+                 "--model.network_args", "{layout: ceil}"]
     else:
         extra = []
     counter = train_counting(config, False, *extra)
