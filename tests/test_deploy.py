@@ -133,11 +133,10 @@ def test_verify_and_predict_refuse_bad_model_files(digits_onnx, tmp_path):
 
 # --------------------------------------------------------------------------- Fashion-MNIST, real images
 @pytest.fixture(scope="session")
-def fashion_model(tmp_path_factory) -> tuple[Path, Path]:
+def fashion_model(fashion_mnist_real, tmp_path_factory) -> tuple[Path, Path]:
     """A Fashion-MNIST model trained on 10 batches (enough to predict several classes) and its export."""
-    if not DEBIAN_FASHION_MNIST.is_dir():
-        pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_FASHION_MNIST}")
     run_dir = train(tmp_path_factory.mktemp("runs"), "--data.dataset", "fashion_mnist",
+                    "--data.root", str(fashion_mnist_real),
                     "--data.batch_size", "128", "--data.eval_batch_size", "512", "--trainer.max_epochs", "1",
                     "--trainer.limit_train_batches", "10", "--trainer.limit_val_batches", "1",
                     "--trainer.limit_test_batches", "1")

@@ -27,6 +27,8 @@ from imgclf.deploy.runtimes import runtime_parity
 from imgclf.deploy.verify import verify
 from imgclf.errors import UserError
 
+pytestmark = pytest.mark.slow  # every test uses the model the shared digits run trains
+
 # onnxruntime 1.17.3's own words for a file newer than it (seen in a venv with onnxruntime==1.17.3).
 ORT_117_IR = ("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/"
               "graph/model.cc:179 onnxruntime::Model::Model(...) Unsupported model IR version: 10, max supported "

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import REPO
-from image_files import FASHION_MNIST, write_colour_folder, write_fashion_mnist_folder
+from image_files import write_colour_folder, write_fashion_mnist_folder
 
 from imgclf.bench.pipeline import TestAsValidation
 from imgclf.data import cache
@@ -157,8 +157,7 @@ def test_cache_matches_decoding_and_goes_stale(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason="needs Debian's dataset-fashion-mnist")
-def test_short_fit_on_fashion_mnist_pngs_learns(tmp_path: Path) -> None:
+def test_short_fit_on_fashion_mnist_pngs_learns(fashion_mnist_real: Path, tmp_path: Path) -> None:
     root = write_fashion_mnist_folder(tmp_path / "fmnist", per_class=80)
     run_dir = main([
         "--config", str(REPO / "configs/folder.yaml"), "--data.root", str(root),

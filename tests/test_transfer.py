@@ -82,6 +82,7 @@ def test_backbone_gets_the_smaller_learning_rate() -> None:
     assert by_id[id(model.net.layer1[0].bn1.bias)]["lr"] == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_does_not_move_in_the_first_epoch() -> None:
     L.seed_everything(0)
     data = ImageDataModule(dataset="digits", batch_size=64, val_fraction=0.0)
