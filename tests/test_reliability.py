@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from imgclf.errors import UserError
 from imgclf.model.classifier import ImageClassifier
-from imgclf.model.schedule import one_cycle, replan_one_cycle
+from imgclf.model.schedule import END, START, one_cycle, one_cycle_factor
 from imgclf.train.checkpoints import AtomicCheckpointIO, check_resumable
 from imgclf.train.run import quiet_about_own_folder
 
@@ -82,7 +82,6 @@ def test_interrupt_then_resume_and_extend_into_a_new_folder(tmp_path):
                              cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert not any(noise in resumed.stderr for noise in NOISE), resumed.stderr[-3000:]
-    assert "now spans" in resumed.stderr  # the schedule was stretched over the new total, not crashed
 
     assert file_hashes(old) == before  # the old run's folder is untouched
     new = (runs / "latest").resolve()
@@ -241,23 +240,39 @@ def test_atomic_checkpoint_io_keeps_the_old_file_when_a_write_fails(tmp_path, mo
 
 
 @pytest.mark.parametrize("total_steps", [1, 2, 3, 4, 5, 8, 100])
-def test_one_cycle_survives_tiny_runs_and_extension(total_steps):
-    """limit_train_batches 2 x max_epochs 2 raised ZeroDivisionError; a resumed, longer run stepped past the end."""
+def test_one_cycle_is_a_function_of_step_and_total_for_any_total(total_steps):
+    """limit_train_batches 2 x max_epochs 2 once raised ZeroDivisionError; a resumed, longer run stepped past the
+    end. Now the rate at a step is one_cycle_factor(step, total): warm up, peak, anneal to END at the last step."""
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([parameter], lr=0.1)
-    scheduler = one_cycle(optimizer, [0.1], total_steps, warmup_fraction=0.25)
-    if total_steps < 3:
-        assert scheduler is None  # too short to warm up and anneal: a constant rate
-        return
+    scheduler = one_cycle(optimizer, total_steps, warmup_fraction=0.25)
+    rates = [optimizer.param_groups[0]["lr"]]
     for _ in range(total_steps - 1):
         optimizer.step()
         scheduler.step()
-    assert optimizer.param_groups[0]["lr"] < 0.1 / 100  # annealed to the end of the cycle
-    replan_one_cycle(scheduler, 2 * total_steps, warmup_fraction=0.25)
-    for _ in range(total_steps):
+        rates.append(optimizer.param_groups[0]["lr"])
+    assert rates == pytest.approx([0.1 * one_cycle_factor(s, total_steps, 0.25) for s in range(total_steps)])
+    assert rates[0] == pytest.approx(0.1 * START)
+    if total_steps >= 3:
+        assert max(rates) == pytest.approx(0.1) and rates[-1] == pytest.approx(0.1 * END)
+
+
+def test_a_resumed_schedule_continues_on_the_curve_of_its_new_total():
+    """What a resumed fit does: a fresh scheduler over the new total, then the checkpoint's state (its step)."""
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    first = one_cycle(optimizer, 10, warmup_fraction=0.25)
+    for _ in range(10):
         optimizer.step()
-        scheduler.step()
-    assert optimizer.param_groups[0]["lr"] < 0.1 / 100  # the stretched cycle ends annealed too
+        first.step()
+    saved = first.state_dict()
+    optimizer = torch.optim.SGD([parameter], lr=0.1)
+    extended = one_cycle(optimizer, 20, warmup_fraction=0.25)
+    extended.load_state_dict(saved)
+    optimizer.step()
+    extended.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1 * one_cycle_factor(11, 20, 0.25))
+    assert one_cycle_factor(11, 20, 0.25) > 0.5  # the middle of the longer cycle: well above the old end
 
 
 def test_own_folder_notices_are_silenced_for_the_default_relative_runs_dir(tmp_path, monkeypatch):
