@@ -165,8 +165,8 @@ def test_pull_fails_without_touching_local_files(project, server, published, tmp
 
 
 def readme_block(after: str) -> list[str]:
-    """The commands of the README's first code block after the line `after`."""
-    text = (REPO / "README.md").read_text()
+    """The commands of docs/versioning.md's first code block after the line `after`."""
+    text = (REPO / "docs" / "versioning.md").read_text()
     block = text[text.index(after):].split("```", 2)[1]
     return [line.split("#")[0].strip() for line in block.splitlines()[1:] if line.split("#")[0].strip()]
 
