@@ -76,6 +76,14 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_report(digits_onnx) -> dict:
+    """verify_onnx's report on digits_onnx (with int8 and the model card beside the model), shared: one verify."""
+    from imgclf.deploy.verify import verify
+
+    return verify(digits_onnx, report=digits_onnx.parent / "report.json", quantize=True, latency_repeats=5)
+
+
+@pytest.fixture(scope="session")
 def digits_onnx(digits_run, tmp_path_factory) -> Path:
     """digits_run exported by export.py's function at the default opset, as model.onnx."""
     from imgclf.deploy.export import export

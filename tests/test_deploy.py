@@ -30,11 +30,6 @@ from imgclf.deploy.verify import verify
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def digits_report(digits_onnx) -> dict:
-    return verify(digits_onnx, report=digits_onnx.parent / "report.json", quantize=True, latency_repeats=5)
-
-
 def test_export_writes_metadata_and_a_dynamic_batch_axis(digits_run, digits_onnx):
     model = onnx.load(str(digits_onnx))
     onnx.checker.check_model(model, full_check=True)

@@ -27,7 +27,11 @@ class ImageDataModule(L.LightningDataModule):
             stanford_cars, folder (image files, decoded in DataLoader workers); see data/catalog.py.
         root: folder holding the dataset's files; default data/<dataset> (Fashion-MNIST also looks in
             /usr/share/datasets/fashion-mnist, where Debian's dataset-fashion-mnist puts it).
-        batch_size: training batch size per device (under DDP the global batch is this times the devices).
+        batch_size: training batch size per device (under DDP the global batch is this times the devices). For a
+            dataset held in memory it is the largest batch: each epoch is cut into ceil(N / batch_size) batches
+            of near-equal size (digits' 1,293 training images at 64: 21 batches of 61-62), so no short last
+            batch gets a step of its own (memory_loaders.InMemoryBatches). Image files: exactly batch_size, the
+            last partial training batch dropped (file_loaders.py).
         global_batch_size: training batch size summed over all devices and nodes; when set, it replaces
             batch_size, which becomes global_batch_size / world size (it must divide evenly), so the
             optimization does not change when the device count does.
@@ -45,8 +49,6 @@ class ImageDataModule(L.LightningDataModule):
         test_fraction: share held out for testing where an image folder has no test/ split.
         cache_dir: read pre-resized images from this cache (written by imgclf.train.cache_images), not decoding.
     """
-
-    val_split = "val"  # the split validation runs on (the benchmarks validate on "test")
 
     def __init__(
         self,
@@ -143,14 +145,11 @@ class ImageDataModule(L.LightningDataModule):
         return self._batches("train", train=True)
 
     def val_dataloader(self) -> Iterable[Batch]:
-        if not len(self.splits[self.val_split]):
+        if not len(self.splits["val"]):
             return []
-        return self._batches(self.val_split, train=False)
+        return self._batches("val", train=False)
 
     def test_dataloader(self) -> Iterable[Batch]:
-        return self._batches("test", train=False)
-
-    def predict_dataloader(self) -> Iterable[Batch]:
         return self._batches("test", train=False)
 
     def evaluation_batches(self, split: str, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -170,7 +169,7 @@ class ImageDataModule(L.LightningDataModule):
         # File batches carry each image's index, so an unreadable file is named (or dropped) here.
         trainer = self.trainer
         evaluating = trainer.validating or trainer.sanity_checking
-        split = "train" if trainer.training else self.val_split if evaluating else "test"
+        split = "train" if trainer.training else "val" if evaluating else "test"
         return self.source.clean_batch(batch, self.splits[split])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
