@@ -76,6 +76,14 @@ def digits_run(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def digits_report(digits_onnx) -> dict:
+    """verify_onnx's report on digits_onnx (with int8 and the model card beside the model), shared: one verify."""
+    from imgclf.deploy.verify import verify
+
+    return verify(digits_onnx, report=digits_onnx.parent / "report.json", quantize=True, latency_repeats=5)
+
+
+@pytest.fixture(scope="session")
 def digits_onnx(digits_run, tmp_path_factory) -> Path:
     """digits_run exported by export.py's function at the default opset, as model.onnx."""
     from imgclf.deploy.export import export
@@ -85,13 +93,85 @@ def digits_onnx(digits_run, tmp_path_factory) -> Path:
     return output
 
 
+REQUIRE_DATA_ENV = "IMGCLF_REQUIRE_DATA"  # CI sets it to 1 (.ci/run): a missing dataset fails instead of skipping
+FETCH_FASHION_MNIST = "sudo apt-get install dataset-fashion-mnist"
+
+
+def real_fashion_mnist() -> Path:
+    """Debian's real Fashion-MNIST (where the catalog looks for it). Without it the calling test is skipped, with
+    the one command that brings the files, or fails when IMGCLF_REQUIRE_DATA=1 (CI runs everything)."""
+    if (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
+        return DEBIAN_FASHION_MNIST
+    reason = f"needs real Fashion-MNIST in {DEBIAN_FASHION_MNIST}: `{FETCH_FASHION_MNIST}`"
+    if os.environ.get(REQUIRE_DATA_ENV) == "1":
+        pytest.fail(f"{reason} ({REQUIRE_DATA_ENV}=1 turns this skip into a failure)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def fashion_mnist_real() -> Path:
-    """Debian's real Fashion-MNIST (where the catalog looks for it); the test is skipped without it."""
-    if not (DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip(f"real Fashion-MNIST not found in {DEBIAN_FASHION_MNIST} "
-                    f"(apt-get install dataset-fashion-mnist)")
-    return DEBIAN_FASHION_MNIST
+    return real_fashion_mnist()
+
+
+# --------------------------------------------------------------------------- truthful `slow` markers
+# A test that is not marked slow may not train (Lightning's fit loop) nor start a Python process (main.py, a tool, a
+# probe): both cost seconds to minutes on 2 cores. The guard covers setup too, so a session fixture that
+# trains (digits_run) counts against the first unmarked test that asks for it.
+class UnmarkedSlowTest(Exception):
+    pass
+
+
+def _refuse(what: str):
+    def refuse(*args, **kwargs):
+        raise UnmarkedSlowTest(f"this test {what}: mark it @pytest.mark.slow (tests/conftest.py)")
+    return refuse
+
+
+def _starts_python(args) -> bool:
+    """A Python process that runs a script, the project, torch or a notebook kernel: seconds of imports each.
+    (Libraries' own one-line probes, such as typeshed_client asking for sys.path, are left alone.)"""
+    if not isinstance(args, (list, tuple)) or not args or not Path(str(args[0])).name.startswith("python"):
+        return False
+    rest = " ".join(str(arg) for arg in args[1:])
+    return any(word in rest for word in (".py", "imgclf", "torch", "ipykernel"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item):
+    with _guard(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    with _guard(item):
+        return (yield)
+
+
+class _guard:
+    def __init__(self, item):
+        self.active = item.get_closest_marker("slow") is None
+        self.patch = pytest.MonkeyPatch()
+
+    def __enter__(self):
+        if not self.active:
+            return
+        import subprocess
+
+        from lightning.pytorch.loops.fit_loop import _FitLoop
+
+        # The fit loop, not Trainer.fit: a run refused during setup (a bad checkpoint) trains nothing.
+        self.patch.setattr(_FitLoop, "run", _refuse("trains a model"))
+        popen = subprocess.Popen.__init__
+
+        def checked_popen(popen_self, args, *rest, **kwargs):
+            if _starts_python(args):
+                _refuse("starts a Python process")()
+            return popen(popen_self, args, *rest, **kwargs)
+        self.patch.setattr(subprocess.Popen, "__init__", checked_popen)
+
+    def __exit__(self, *exc):
+        self.patch.undo()
 
 
 def run_script(script: str, *args: str, cwd: Path = REPO, timeout: float = 900, env: dict | None = None):

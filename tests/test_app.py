@@ -22,6 +22,8 @@ from imgclf.deploy.app import create_app
 from imgclf.deploy.predictor import Predictor
 from imgclf.errors import UserError
 
+pytestmark = pytest.mark.slow  # every test serves the model the shared digits run trains
+
 
 @pytest.fixture(scope="module")
 def digit_pngs(tmp_path_factory) -> list[Path]:

@@ -34,6 +34,7 @@ class Recorder(L.Callback):
         self.average = self.ema._average_model.module.layer.weight.detach().clone()
 
 
+@pytest.mark.slow
 def test_average_is_the_ema_of_the_chosen_steps_on_the_module_device(tmp_path):
     ema = EMAWeightAveraging(decay=0.5, every_n_steps=2, start_epoch=1 / 64)  # BoringModel: 64 steps an epoch
     recorder = Recorder(ema)
@@ -52,6 +53,7 @@ def test_average_is_the_ema_of_the_chosen_steps_on_the_module_device(tmp_path):
     assert torch.allclose(model.layer.weight, expected, atol=1e-6)  # fit ends with the averaged weights
 
 
+@pytest.mark.slow
 def test_a_run_shorter_than_start_epoch_keeps_its_trained_weights(tmp_path):
     ema = EMAWeightAveraging(decay=0.5, start_epoch=1)  # never reached in 4 of 64 steps
     recorder = Recorder(ema)
@@ -76,6 +78,7 @@ def evaluate_checkpoint(ckpt: Path) -> dict[str, float]:
     return metrics
 
 
+@pytest.mark.slow
 def test_metrics_json_scores_the_averaged_weights_that_best_ckpt_holds(tmp_path):
     run_dir = main(["--config", str(REPO / "configs" / "fast_digits.yaml"), "--runs_dir", str(tmp_path),
                     "--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2",

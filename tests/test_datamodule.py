@@ -1,6 +1,5 @@
 """The DataModule: splits, batches, augmentation only while training."""
 
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -65,24 +64,6 @@ def test_epochs_reshuffle():
     first = next(iter(batches))[1]
     epoch[0] = 1
     assert not torch.equal(first, next(iter(batches))[1])
-
-
-def _with_trainer_state(dm: ImageDataModule, training: bool) -> ImageDataModule:
-    dm.trainer = SimpleNamespace(training=training)
-    return dm
-
-
-def test_augmentation_only_while_training():
-    dm = ImageDataModule("fashion_mnist", download=False)
-    images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8)
-    labels = torch.arange(64)
-    out, out_labels = _with_trainer_state(dm, training=False).on_after_batch_transfer((images, labels), 0)
-    assert torch.equal(out, images)
-    out, out_labels = _with_trainer_state(dm, training=True).on_after_batch_transfer((images, labels), 0)
-    assert not torch.equal(out, images) and torch.equal(out_labels, labels)
-    dm.augment = False
-    out, _ = dm.on_after_batch_transfer((images, labels), 0)
-    assert torch.equal(out, images)
 
 
 def test_a_dataset_held_in_memory_has_no_image_cache():

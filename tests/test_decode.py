@@ -107,6 +107,7 @@ def test_predictor_takes_folders(tmp_path: Path) -> None:
         image_paths([str(tmp_path / "empty")])
 
 
+@pytest.mark.slow
 def test_predictor_and_decode_import_no_torch() -> None:
     code = "import imgclf.deploy.predictor, sys; assert 'torch' not in sys.modules, 'torch was imported'"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

@@ -30,11 +30,6 @@ from imgclf.deploy.verify import verify
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def digits_report(digits_onnx) -> dict:
-    return verify(digits_onnx, report=digits_onnx.parent / "report.json", quantize=True, latency_repeats=5)
-
-
 def test_export_writes_metadata_and_a_dynamic_batch_axis(digits_run, digits_onnx):
     model = onnx.load(str(digits_onnx))
     onnx.checker.check_model(model, full_check=True)
@@ -133,11 +128,10 @@ def test_verify_and_predict_refuse_bad_model_files(digits_onnx, tmp_path):
 
 # --------------------------------------------------------------------------- Fashion-MNIST, real images
 @pytest.fixture(scope="session")
-def fashion_model(tmp_path_factory) -> tuple[Path, Path]:
+def fashion_model(fashion_mnist_real, tmp_path_factory) -> tuple[Path, Path]:
     """A Fashion-MNIST model trained on 10 batches (enough to predict several classes) and its export."""
-    if not DEBIAN_FASHION_MNIST.is_dir():
-        pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_FASHION_MNIST}")
     run_dir = train(tmp_path_factory.mktemp("runs"), "--data.dataset", "fashion_mnist",
+                    "--data.root", str(fashion_mnist_real),
                     "--data.batch_size", "128", "--data.eval_batch_size", "512", "--trainer.max_epochs", "1",
                     "--trainer.limit_train_batches", "10", "--trainer.limit_val_batches", "1",
                     "--trainer.limit_test_batches", "1")

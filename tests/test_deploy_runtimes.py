@@ -24,8 +24,9 @@ from imgclf.deploy.export import onnx_graph, save_checked
 from imgclf.deploy.from_checkpoint import load_checkpoint
 from imgclf.deploy.predictor import open_session
 from imgclf.deploy.runtimes import runtime_parity
-from imgclf.deploy.verify import verify
 from imgclf.errors import UserError
+
+pytestmark = pytest.mark.slow  # every test uses the model the shared digits run trains
 
 # onnxruntime 1.17.3's own words for a file newer than it (seen in a venv with onnxruntime==1.17.3).
 ORT_117_IR = ("[ONNXRuntimeError] : 1 : FAIL : Load model from m.onnx failed:/onnxruntime_src/onnxruntime/core/"
@@ -125,8 +126,8 @@ def test_dataset_version_is_the_md5_in_the_dvc_pointer(tmp_path):
     assert dataset_version("digits", tmp_path) == {}
 
 
-def test_model_card_holds_the_numbers_of_its_run(digits_run, digits_onnx, tmp_path):
-    report = verify(digits_onnx, report=tmp_path / "report.json", latency_repeats=3)
+def test_model_card_holds_the_numbers_of_its_run(digits_run, digits_onnx, digits_report):
+    report = digits_report
     assert report["passed"] and report["checks"]["other_runtimes_agree"]
     card = (digits_onnx.parent / "model_card.md").read_text()
     assert report["model_card"] == str(digits_onnx.parent / "model_card.md")

@@ -137,6 +137,7 @@ def test_allreduce_failures_are_reported():
     assert found["all-reduce"].status == "PASS"
 
 
+@pytest.mark.slow
 def test_hung_child_is_killed_at_the_timeout():
     start = time.perf_counter()
     result = finish(start_python("import time; time.sleep(60)"), timeout=1)
@@ -144,6 +145,7 @@ def test_hung_child_is_killed_at_the_timeout():
     assert time.perf_counter() - start < 30
 
 
+@pytest.mark.slow
 def test_crashing_child_reports_its_error():
     result = finish(start_python("raise SystemExit('driver exploded')"), timeout=60)
     assert result.result is None and "driver exploded" in result.error
@@ -208,6 +210,7 @@ def run_check_env(*args: str, **env: str) -> subprocess.CompletedProcess:
                           timeout=300, env={**os.environ, **env})
 
 
+@pytest.mark.slow
 def test_json_on_this_machine():
     done = run_check_env("--json")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -231,6 +234,7 @@ def test_json_on_this_machine():
     assert {"digits", "fashion_mnist", "cifar10", "dvc remote"} <= set(sections["data"])
 
 
+@pytest.mark.slow
 def test_require_gpu_fails_without_a_gpu():
     done = run_check_env("--require-gpu", CUDA_VISIBLE_DEVICES="")  # hide any GPU, so this holds anywhere
     assert done.returncode == 1, done.stdout + done.stderr

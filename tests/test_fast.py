@@ -78,6 +78,8 @@ def test_datamodule_augments_training_batches_only_and_keeps_labels() -> None:
     assert not torch.equal(aug_images, images)
     dm.trainer = SimpleNamespace(training=False)
     assert dm.on_after_batch_transfer((images, labels), 0)[0] is images
+    dm.augment, dm.trainer = False, SimpleNamespace(training=True)  # --data.augment false
+    assert dm.on_after_batch_transfer((images, labels), 0)[0] is images
 
 
 def test_tta_averages_the_six_views() -> None:
@@ -174,7 +176,11 @@ def test_benchmark_tiny_mode(fashion_mnist_real: Path, tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(out.read_text())
-    assert [row["accuracy"] for row in results["time_to_accuracy"]] == [0.90, 0.92, 0.93, 0.94]
+    # Each row's seconds are read off the curves it reports: the first evaluation at or above the threshold.
+    for row in results["time_to_accuracy"]:
+        for side in ("pipeline", "baseline"):
+            reached = [p["train_seconds"] for p in results[side]["points"] if p["test_accuracy"] >= row["accuracy"]]
+            assert row[f"{side}_seconds"] == (reached[0] if reached else None), (side, row)
     for curve in (results["pipeline"], results["baseline"]):
         assert curve["points"] and curve["images_per_second"] > 0
         assert all(0.0 <= p["test_accuracy"] <= 1.0 for p in curve["points"])

@@ -30,6 +30,7 @@ def test_unknown_network():
         build_network("vgg", 1, 10)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("network", ["small_cnn", "resnet18"])
 def test_overfits_one_batch(network):
     torch.manual_seed(0)

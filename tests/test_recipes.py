@@ -12,6 +12,7 @@ from conftest import REPO
 from imgclf.bench.recipes import RecipeOptions, run_recipe
 
 
+@pytest.mark.slow
 def test_fashion_mnist_recipe_learns_on_a_slice_and_the_benchmark_reports_seeds(fashion_mnist_real: Path,
                                                                                  tmp_path: Path, capsys) -> None:
     results = run_recipe(RecipeOptions(config=REPO / "configs" / "fashion_mnist.yaml", seeds=[0, 1], smoke=True,

@@ -82,6 +82,7 @@ def test_backbone_gets_the_smaller_learning_rate() -> None:
     assert by_id[id(model.net.layer1[0].bn1.bias)]["lr"] == pytest.approx(0.01)
 
 
+@pytest.mark.slow
 def test_frozen_backbone_does_not_move_in_the_first_epoch() -> None:
     L.seed_everything(0)
     data = ImageDataModule(dataset="digits", batch_size=64, val_fraction=0.0)
@@ -98,10 +99,12 @@ def test_frozen_backbone_does_not_move_in_the_first_epoch() -> None:
     assert not all(torch.equal(a, b) for a, b in zip(before, backbone_parameters(model.net), strict=True))
 
 
-def test_channels_last_is_applied_at_setup() -> None:
-    model = ImageClassifier(network="resnet18_imagenet", num_classes=3, in_channels=3, channels_last=True)
-    model.setup("test")
-    assert model.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+def test_channels_last_is_applied_when_the_model_is_built() -> None:
+    """At construction, not in setup(): callbacks' setup (the EMA's copy of the weights) runs before the model's."""
+    def nhwc(model):
+        return model.net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert nhwc(ImageClassifier(network="resnet18_imagenet", num_classes=3, in_channels=3, channels_last=True))
+    assert not nhwc(ImageClassifier(network="resnet18_imagenet", num_classes=3, in_channels=3))
 
 
 def folder_args(root: Path, tmp_path: Path, weights: Path) -> list[str]:

@@ -6,6 +6,7 @@ allows it, then a `UserError` naming the `dvc pull` to run.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,19 +70,50 @@ class DatasetSpec:
         return default
 
     def fetch(self, root: Path, download: bool = True) -> None:
-        """Make sure the files are under `root`: download them where allowed, else explain what to do."""
+        """Make sure the files are under `root`: download them where allowed, else explain what to do.
+
+        The download lands in a folder beside `root` and moves in only when complete, so a failed one (no
+        network) leaves nothing behind; a system folder (`extra_roots`, a package's) is never written to."""
         if self.is_present(root):
             return
         missing = f"The {self.name} dataset was not found in {root}/."
+        if any(root.resolve().is_relative_to(system.resolve()) for system in self.extra_roots):
+            raise UserError(f"{missing} It is a system folder that this project does not write to: "
+                            f"{readers.restore_hint(root, self.name)}")
         if self.download is None or not download:
             raise UserError(f"{missing} {self.fetch_hint}")
+        created = [folder for folder in (root, *root.parents) if not folder.exists()]
+        staging = root.parent / f".{root.name}.download"
+        shutil.rmtree(staging, ignore_errors=True)  # what an interrupted earlier try left
         try:
-            self.download(root)
+            self.download(staging)
+            if not self.is_present(staging):
+                raise UserError(f"{missing} The download finished but the files are still missing. "
+                                f"{self.fetch_hint}")
+            root.mkdir(parents=True, exist_ok=True)
+            for entry in staging.iterdir():
+                shutil.rmtree(root / entry.name, ignore_errors=True)  # a partial copy from before
+                entry.rename(root / entry.name)
+        except UserError:
+            _remove_created(staging, created)
+            raise
         except Exception as e:  # no network, DNS failure, HTTP error, checksum mismatch...
-            raise UserError(f"{missing} Downloading it through torchvision failed ({type(e).__name__}: {e}). "
-                            f"{self.fetch_hint}") from e
-        if not self.is_present(root):
-            raise UserError(f"{missing} The download finished but the files are still missing. {self.fetch_hint}")
+            _remove_created(staging, created)
+            raise UserError(f"{missing} Downloading it through torchvision failed ({type(e).__name__}: "
+                            f"{_one_line(e)}). {self.fetch_hint}") from e
+        staging.rmdir()
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())  # torchvision's message spans lines; an error here is one paragraph
+
+
+def _remove_created(staging: Path, created: list[Path]) -> None:
+    """Undo a failed download: the staging folder, and the (now empty) folders made on the way to it."""
+    shutil.rmtree(staging, ignore_errors=True)
+    for folder in created:  # deepest first
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
 
 
 def _digits_present(root: Path) -> bool:

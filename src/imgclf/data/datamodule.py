@@ -35,7 +35,11 @@ class ImageDataModule(L.LightningDataModule):
             divide evenly), so the optimization does not change when the device count does.
         batch_size: training batch size per device instead (the global batch is then this times the
             devices); when given, it wins over global_batch_size (e.g. `--data.batch_size 8` on the command
-            line with a config that states a global batch). Without either: 64 per device.
+            line with a config that states a global batch). Without either: 64 per device. For a dataset held
+            in memory it is the largest batch: each epoch is cut into ceil(N / batch_size) batches of
+            near-equal size (digits' 1,293 training images at 64: 21 batches of 61-62), so no short last batch
+            gets a step of its own (memory_loaders.InMemoryBatches). Image files: exactly batch_size, the last
+            partial training batch dropped (file_loaders.py).
         eval_batch_size: validation/test batch size per device.
         val_fraction: share of the official training set held out for validation.
         split_seed: seed of the train/val split (kept apart from the training seed on purpose).
@@ -54,8 +58,6 @@ class ImageDataModule(L.LightningDataModule):
             half stored mirrored, all mirrored on odd epochs) or "none"; translate: the largest shift in pixels;
             translate_padding: "zeros" or "reflect" (airbench94's). None keeps the dataset's choice.
     """
-
-    val_split = "val"  # the split validation runs on (the benchmarks validate on "test")
 
     def __init__(
         self,
@@ -166,14 +168,11 @@ class ImageDataModule(L.LightningDataModule):
         return self._batches("train", train=True)
 
     def val_dataloader(self) -> Iterable[Batch]:
-        if not len(self.splits[self.val_split]):
+        if not len(self.splits["val"]):
             return []
-        return self._batches(self.val_split, train=False)
+        return self._batches("val", train=False)
 
     def test_dataloader(self) -> Iterable[Batch]:
-        return self._batches("test", train=False)
-
-    def predict_dataloader(self) -> Iterable[Batch]:
         return self._batches("test", train=False)
 
     def evaluation_batches(self, split: str, limit: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -193,7 +192,7 @@ class ImageDataModule(L.LightningDataModule):
         # File batches carry each image's index, so an unreadable file is named (or dropped) here.
         trainer = self.trainer
         evaluating = trainer.validating or trainer.sanity_checking
-        split = "train" if trainer.training else self.val_split if evaluating else "test"
+        split = "train" if trainer.training else "val" if evaluating else "test"
         return self.source.clean_batch(batch, self.splits[split])
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -27,8 +27,13 @@ from imgclf.data.decode import check_image, decode_image
 from imgclf.data.transforms import Box
 from imgclf.errors import UserError
 
-if TYPE_CHECKING:
-    from imgclf.data.cache import ImageCache
+
+class BaseImageSource(Protocol):
+    """Where base images come from instead of decoding (cache.ImageCache, which imports this module: a protocol
+    here keeps the import one-way)."""
+
+    def get(self, path: Path) -> torch.Tensor | None:
+        """The stored base image of `path`, or None where it could not be read when the cache was built."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's pretrained backbones were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -112,7 +117,7 @@ class ImageFileDataset(Dataset):
 
     def __init__(self, files: list[ImageFile], input_size: int, view: Callable | None,
                  crop_to_box: bool = False, box_padding: float = 0.0,
-                 cache: ImageCache | None = None) -> None:
+                 cache: BaseImageSource | None = None) -> None:
         self.files, self.input_size, self.view = files, input_size, view
         self.crop_to_box, self.box_padding, self.cache = crop_to_box, box_padding, cache
         self.side = input_size if view is not None else transforms.base_size(input_size)

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Protocol
 
 import lightning as L
-import numpy as np
 import torch
 
 from imgclf.data.catalog import DatasetSpec
@@ -27,7 +26,8 @@ Batch = Sequence[torch.Tensor]
 
 
 class Split(Protocol):
-    """One split (train, val or test) of a dataset: its images and labels."""
+    """One split (train, val or test) of a dataset: its images and labels, as training uses it. What EDA looks
+    at besides (hashes, sizes as stored, boxes) is imgclf.eda.inspectable.InspectableSplit."""
 
     def __len__(self) -> int: ...
 
@@ -40,27 +40,6 @@ class Split(Protocol):
 
     def to(self, device: torch.device) -> Split:
         """The split with its pixels on `device` where they are held in memory (files stay on disk)."""
-
-    def model_input(self, index: int) -> torch.Tensor:
-        """Image `index` as the model receives it at evaluation: uint8 [C, H, W], before normalization."""
-
-    def stored_image(self, index: int) -> np.ndarray:
-        """Image `index` as stored, uint8 [H, W, C], in the frame its box (if any) is given in."""
-
-    def pixel_batches(self, limit: int | None = None, seed: int = 0, batch_size: int = 256,
-                      num_workers: int = 0) -> Iterator[torch.Tensor]:
-        """The images as uint8 batches [B, C, H, W] as the model receives them at evaluation; where they must be
-        decoded, only a fixed random sample of `limit`, and unreadable ones are left out."""
-
-    def content_hashes(self) -> list[str]:
-        """A digest per image: equal digests mean identical images (pixels in memory, bytes of files)."""
-
-    def stored_sizes(self) -> np.ndarray | None:
-        """(width, height) of each image as stored, [N, 2], NaN where unreadable; None when every image was
-        stored at the dataset's one image size."""
-
-    def boxes(self) -> np.ndarray | None:
-        """Each image's object box (x1, y1, x2, y2), [N, 4], NaN where it has none; None if none has one."""
 
 
 class DataSource(Protocol):

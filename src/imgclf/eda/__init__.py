@@ -1,7 +1,7 @@
 """Statistics and plots behind EDA.ipynb: look at the data before training on it.
 
 Everything here takes what the project's own `ImageDataModule` holds per split, through the methods every
-split offers (imgclf.data.interface.Split), whether held in memory or read from image files. So the notebook
+split offers (imgclf.eda.inspectable.InspectableSplit), whether held in memory or read from image files. So the notebook
 reads data exactly as training does and stays a short list of `eda.<function>` calls with one sentence each.
 splits.py gets the data, statistics.py computes the numbers, plots.py draws the figures.
 """

@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from imgclf.data.interface import Split
+from imgclf.eda.inspectable import InspectableSplit as Split
 
 
 def plot_class_distribution(counts: pd.DataFrame, title: str) -> Figure:

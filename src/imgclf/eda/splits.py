@@ -1,6 +1,6 @@
 """Where EDA.ipynb gets its data: the DataModule a training config builds, set up. Its splits, whichever kind
-of dataset holds them, offer the methods of imgclf.data.interface.Split (images as the model receives them at
-evaluation, content hashes, sizes as stored, boxes)."""
+of dataset holds them, offer the methods of imgclf.eda.inspectable.InspectableSplit (images as the model
+receives them at evaluation, content hashes, sizes as stored, boxes)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from imgclf.data.interface import Split
+from imgclf.eda.inspectable import InspectableSplit as Split
 
 NORMALIZATION_TOLERANCE = 0.01  # on the 0-1 scale; the catalog's constants are rounded to 4 decimals
 

@@ -50,7 +50,7 @@ def nvidia_smi() -> list[str]:
 
 CPU_ONLY_FIX = ("Install the CUDA build of torch: point uv at the https://download.pytorch.org/whl/cuXYZ "
                 "index matching your driver with [[tool.uv.index]] (explicit = true) and [tool.uv.sources], "
-                "then run `uv sync` (see the README's 'Checking the environment').")
+                "then run `uv sync` (see docs/environment.md).")
 FAULTY_FIX = ("See the kernels line above for a build mismatch; otherwise the GPU or driver is faulty: "
               "update the driver and run `nvidia-smi -q` to look for errors.")
 

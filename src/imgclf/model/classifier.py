@@ -8,7 +8,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.lr_scheduler import LRScheduler, OneCycleLR
+from torch.optim.lr_scheduler import LRScheduler
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
@@ -18,7 +18,7 @@ from imgclf.errors import UserError
 from imgclf.model.backbones import load_pretrained
 from imgclf.model.finetune import drop_backbone_grads, parameter_groups
 from imgclf.model.networks import PixelNormalize, build_network
-from imgclf.model.schedule import one_cycle, replan_one_cycle
+from imgclf.model.schedule import one_cycle
 from imgclf.model.weights import WeightsMisfit, misfit
 
 
@@ -212,15 +212,8 @@ class ImageClassifier(L.LightningModule):
             optimizer = torch.optim.AdamW(groups, lr=hp.lr)
         if hp.schedule == "constant":
             return optimizer, None
-        # max_lr per group: the backbone's may be lower
-        return optimizer, one_cycle(optimizer, [group["lr"] for group in groups], total_steps, hp.warmup_fraction)
-
-    def on_train_start(self) -> None:
-        # A resumed run's schedule comes from its checkpoint, planned for that run's number of steps.
-        for config in self.trainer.lr_scheduler_configs:
-            if isinstance(config.scheduler, OneCycleLR):
-                replan_one_cycle(config.scheduler, int(self.trainer.estimated_stepping_batches),
-                                 self.hparams.warmup_fraction)
+        # Built afresh by every fit, a resumed one included, with that fit's total: see schedule.py.
+        return optimizer, one_cycle(optimizer, total_steps, hp.warmup_fraction)
 
     def network_module(self) -> nn.Module:
         """The whole inference path (normalization + network), as exported."""

@@ -1,47 +1,33 @@
-"""The one-cycle learning-rate schedule: built for any step count, and re-planned when a resumed run's total
-number of steps differs from the one its checkpoint was planned for (e.g. a larger --trainer.max_epochs).
+"""The one-cycle learning-rate schedule as a pure function of (step, total steps), after airbench's `get_lr`.
+
+The rate at a step depends on nothing but that step and the run's total, which each fit reads afresh from the
+trainer. A resumed run, even one extended with a larger --trainer.max_epochs, therefore just continues on the
+curve of its new total: nothing to re-plan, no scheduler internals to rewrite. A checkpoint keeps the step
+count (LambdaLR's `last_epoch`); the function itself is not saved (LambdaLR saves no plain functions).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-from lightning.pytorch.utilities import rank_zero_info
-from torch.optim.lr_scheduler import OneCycleLR
+from torch.optim.lr_scheduler import LambdaLR
 
-MIN_ONE_CYCLE_STEPS = 3  # one warm-up step and one annealing step at least; shorter runs keep a constant rate
-
-
-def warmup_share(warmup_fraction: float, total_steps: int) -> float:
-    """`warmup_fraction`, moved just enough that both phases get at least one whole step.
-
-    OneCycleLR divides by the length of each phase (pct_start * total - 1 steps, then the rest): a phase of
-    zero steps raises ZeroDivisionError, which a run of a few batches (limit_train_batches 2) would meet.
-    """
-    return float(min(max(warmup_fraction, 2 / total_steps), (total_steps - 1) / total_steps))
+START = 1 / 25  # the warm-up starts at max_lr / 25 (OneCycleLR's div_factor) ...
+END = START / 1e4  # ... and the annealing ends near zero (its final_div_factor)
 
 
-def one_cycle(optimizer: torch.optim.Optimizer, max_lrs: list[float], total_steps: int,
-              warmup_fraction: float) -> OneCycleLR | None:
-    """OneCycleLR over `total_steps` (None, i.e. a constant rate, for runs too short to warm up and anneal)."""
-    if total_steps < MIN_ONE_CYCLE_STEPS:
-        return None
-    return OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total_steps,
-                      pct_start=warmup_share(warmup_fraction, total_steps))
+def one_cycle_factor(step: int, total_steps: int, warmup_fraction: float) -> float:
+    """The share of the peak rate at `step`: linear warm-up over `warmup_fraction` of the steps, then cosine
+    annealing to END at the last step. Defined for any total (a 1-step run included) and past the end (END)."""
+    warmup = max(1, round(warmup_fraction * total_steps))
+    if step < warmup:
+        return START + (1 - START) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - 1 - warmup))
+    return END + (1 - END) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def replan_one_cycle(scheduler: OneCycleLR, total_steps: int, warmup_fraction: float) -> None:
-    """Stretch (or shrink) a restored OneCycleLR to `total_steps`, keeping the steps already taken.
-
-    A checkpoint restores the schedule with the total it was planned for, so resuming with a larger
-    max_epochs would step past its end (OneCycleLR raises "Tried to step N times"). From here on the rate
-    follows the one-cycle curve of a run planned with the new total from the start; when the old run had
-    already annealed, that is a warm restart.
-    """
-    if scheduler.total_steps == total_steps or total_steps < MIN_ONE_CYCLE_STEPS:
-        return
-    rank_zero_info(f"Resumed at step {scheduler.last_epoch}: the one-cycle learning-rate schedule, planned for "
-                   f"{scheduler.total_steps} steps, now spans {total_steps}.")
-    warmup_end = warmup_share(warmup_fraction, total_steps) * total_steps - 1
-    scheduler.total_steps = total_steps
-    scheduler._schedule_phases[0]["end_step"] = warmup_end  # torch keeps the phase bounds only here
-    scheduler._schedule_phases[-1]["end_step"] = total_steps - 1
+def one_cycle(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float) -> LambdaLR:
+    """Every parameter group peaks at the learning rate it was built with (a backbone's may be lower)."""
+    # A plain function, not a partial or object: LambdaLR would save and restore an object's attributes.
+    return LambdaLR(optimizer, lambda step: one_cycle_factor(step, total_steps, warmup_fraction))

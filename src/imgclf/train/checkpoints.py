@@ -15,7 +15,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from imgclf.atomic import atomic_path
 from imgclf.errors import UserError, not_a_file
-from imgclf.model.weights import misfit
 
 # What must match between a checkpoint and the run that resumes it: the model's description of its data.
 RESUME_MUST_MATCH = ["network", "num_classes", "in_channels", "image_size", "class_names"]
@@ -59,8 +58,8 @@ def _described(hparams: dict, dataset: object) -> str:
 
 def check_resumable(path: str | Path, model: torch.nn.Module, dataset: str) -> dict:
     """Refuse, before training starts, a checkpoint that is missing, unreadable, diverged, or of another run:
-    another dataset, class list, network or input shape, or weights that do not fit the network. Returns the
-    checkpoint's contents."""
+    another dataset, class list, network or input shape. Returns the checkpoint's contents. Whether its weights
+    fit the network is checked once, by the model itself as Lightning restores it (on_load_checkpoint)."""
     raw = read_checkpoint(path, "Pass a .ckpt file written by a run (for example runs/latest/last.ckpt) "
                                 "to --ckpt_path.")
     raw = raw if isinstance(raw, dict) else {}
@@ -77,13 +76,6 @@ def check_resumable(path: str | Path, model: torch.nn.Module, dataset: str) -> d
             f"--ckpt_path."
         )
     check_same_optimizer(saved, model.hparams, path)
-    differs = misfit(model.state_dict(), raw.get("state_dict", {}))
-    if differs:
-        raise UserError(
-            f"Checkpoint {path} does not fit the network {model.hparams.network!r} with "
-            f"{model.hparams.num_classes} classes and {model.hparams.in_channels} input channels ({differs}). "
-            f"Use the config the checkpoint was trained with (its run folder holds config.yaml)."
-        )
     return raw
 
 

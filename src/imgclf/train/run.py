@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from imgclf.atomic import is_storage_failure, storage_error
 from imgclf.distributed import check_trainer, timeout_when_chosen_automatically, with_timeout
 from imgclf.errors import UserError
+from imgclf.model.weights import WeightsMisfit
 from imgclf.train.artifacts import RunArtifacts
 from imgclf.train.checkpoints import AtomicCheckpointIO, check_max_epochs, check_resumable
 from imgclf.train.config import ConfigCLI
@@ -188,6 +189,9 @@ def fit_then_test(cli: ImageClassificationCLI) -> Path:
         cli.checkpoint.monitor = None
     try:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    except WeightsMisfit as e:  # the one fit check, the model's own, as Lightning restores the checkpoint
+        raise UserError(f"Checkpoint {ckpt_path} does not fit: {e}. Use the config the checkpoint was trained "
+                        f"with (its run folder holds config.yaml).") from None
     except SystemExit:  # Lightning exits on Ctrl-C, and raises SIGTERMException (a SystemExit) on SIGTERM
         if not cli.trainer.interrupted:
             raise
