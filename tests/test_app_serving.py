@@ -27,6 +27,9 @@ from imgclf.deploy.app import create_app
 from imgclf.deploy.predictor import Predictor
 from imgclf.deploy.serving import ServeOptions
 
+# Every test here serves the session's trained digits model (conftest.digits_onnx trains it).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def digit_pngs(tmp_path_factory) -> list[Path]:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 from imgclf.env.checks import gpu_checks
@@ -23,6 +24,7 @@ def test_a_broken_dvc_config_is_one_failed_check(tmp_path: Path) -> None:
     assert check.status == "FAIL" and "Invalid line" in check.detail and "git checkout .dvc/config" in check.fix
 
 
+@pytest.mark.slow  # starts a Python process
 def test_check_env_json_with_a_broken_dvc_config_prints_json(tmp_path: Path) -> None:
     """check_env.py looks at the folder it sits in: a copy beside a broken .dvc/config."""
     shutil.copy(REPO / "check_env.py", tmp_path)

@@ -31,6 +31,7 @@ def carried_only(carry: Path) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join([hook, os.environ.get("PYTHONPATH", "")])}
 
 
+@pytest.mark.slow  # starts a Python process
 def test_missing_data_is_one_message_within_seconds_and_no_download(tmp_path: Path) -> None:
     empty, out = tmp_path / "no_data", tmp_path / "out"
     empty.mkdir()
@@ -89,6 +90,7 @@ def test_smoke_run_end_to_end(tmp_path: Path) -> None:
     assert results["data"] == str(carry / "fashion_mnist")
 
 
+@pytest.mark.slow  # starts a Python process
 def test_without_the_carried_packages_it_refuses_before_any_stage(tmp_path: Path) -> None:
     env = carried_only(tmp_path / "carry")
     done, seconds = gpu_check("--smoke", "--carry", str(tmp_path / "carry"), "--out", str(tmp_path / "out"),

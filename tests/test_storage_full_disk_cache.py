@@ -25,6 +25,7 @@ with exit_on_user_error():
 """
 
 
+@pytest.mark.slow  # starts a Python process
 def test_a_full_disk_gives_one_error_and_leaves_no_temporary_file(tmp_path: Path) -> None:
     root = write_colour_folder(tmp_path / "images", {"a": 4, "b": 4}, size=(70, 50))  # 8 x 196 KB at 224
     cache = tmp_path / "cache"

@@ -29,6 +29,7 @@ def sh(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess
     return done
 
 
+@pytest.mark.slow  # starts a Python process
 def test_a_corrupted_remote_object_fails_the_pull_and_is_named(tmp_path: Path) -> None:
     project = tmp_path / "project"
     project.mkdir()
