@@ -217,7 +217,7 @@ def test_load_datamodule_reads_the_configs_data_section():
     config = REPO / "configs/fashion_mnist.yaml"
     dm = eda.load_datamodule(config)
     data = yaml.safe_load(config.read_text())["data"]
-    assert dm.spec.name == "fashion_mnist" and dm.batch_size == data["global_batch_size"] != 64  # one process: the global batch; 64: the default
+    assert dm.spec.name == "fashion_mnist" and dm.batch_size == data["global_batch_size"] != 64  # 1 process: all of it
     assert dm.val_fraction == data["val_fraction"]
 
 
