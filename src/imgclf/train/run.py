@@ -55,11 +55,15 @@ def quiet_lightning() -> None:
 
     Lightning advertises its cloud logger at every start, and its own loader code builds a torch pytree spec
     that torch 2.15 deprecates (nothing of ours calls it). Both come from inside Lightning, so they are
-    filtered rather than fixed.
+    filtered rather than fixed. So is its hint to use srun, where SLURM is installed but no job runs.
     """
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_no_litlogger_tip)  # kept once per process
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning,
                             r"lightning\.pytorch\.utilities\._pytree")
+    if "SLURM_JOB_ID" not in os.environ:
+        # Outside any SLURM allocation (a login node, a workstation or CI with SLURM's client installed) a plain
+        # run is what the user meant; inside one, Lightning's hint to use srun stays (docs/distributed.md).
+        warnings.filterwarnings("ignore", r"The `srun` command is available on your system but is not used")
 
 
 def quiet_about_own_folder(run_dir: Path) -> None:
