@@ -73,6 +73,7 @@ def test_a_signal_during_the_test_exits_non_zero_with_the_retest_command(tmp_pat
                                                         ["epoch"] + 1)]
     retest = run_main(*command[4:])
     assert retest.returncode == 0, retest.stderr[-3000:]
+    assert "Warning" not in retest.stderr, retest.stderr[-3000:]  # e.g. an empty legend on the curves
     assert len(list(runs.glob("*/metrics.json"))) == 1
 
 
