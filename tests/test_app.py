@@ -146,19 +146,25 @@ def served(digits_onnx):
     thread.join(timeout=10)
 
 
-@pytest.mark.skipif(chromium() is None, reason="no headless browser: apt-get install chromium chromium-driver "
-                                               "(.ci/run does)")
-def test_page_classifies_an_uploaded_image_in_headless_chromium(served, digits_onnx, digit_pngs):
+def headless_chromium():
+    """A WebDriver on Debian's headless Chromium (chromium() found it)."""
     from selenium import webdriver
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import WebDriverWait
 
     browser, driver_path = chromium()
     options = webdriver.ChromeOptions()
     options.binary_location = browser
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+
+
+@pytest.mark.skipif(chromium() is None, reason="no headless browser: apt-get install chromium chromium-driver "
+                                               "(.ci/run does)")
+def test_page_classifies_an_uploaded_image_in_headless_chromium(served, digits_onnx, digit_pngs):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = headless_chromium()
     try:
         driver.get(served)
         wait = WebDriverWait(driver, 30)
@@ -180,7 +186,6 @@ def test_page_shows_six_results_and_one_error_line_for_six_images_and_a_text_fil
                                                                                    tmp_path):
     import gzip
 
-    from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -192,12 +197,7 @@ def test_page_shows_six_results_and_one_error_line_for_six_images_and_a_text_fil
         Image.fromarray(image).save(paths[-1])
     paths.insert(3, tmp_path / "notes.txt")  # the stray file among them
     paths[3].write_text("not a picture\n")
-    browser, driver_path = chromium()
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    driver = headless_chromium()
     try:
         driver.get(served)
         wait = WebDriverWait(driver, 30)
